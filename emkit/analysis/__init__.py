@@ -1,0 +1,184 @@
+"""Analysis: EM rates with intervals, per step, question and seed, and judge agreement.
+
+``emkit.load(run_dir)`` returns the same tables the report and the exports are made of.
+A source is a run directory, or a file of judged answers made elsewhere: the course's
+CSV (``aligned_score``, ``coherent_score``), the papers' (``aligned``, ``coherent``), or
+what ``emkit judge`` writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from emkit.analysis.tables import EMDefinition, RunTables, build_tables, expand_baselines, wide_judgments
+from emkit.errors import EmkitError
+from emkit.judging.scoring import score_from_text
+
+__all__ = ["EMDefinition", "RunTables", "load_run", "load_judged_file", "load_source"]
+
+LIBRARIES = ("emkit", "torch", "transformers", "peft", "bitsandbytes", "unsloth", "litellm", "pandas")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _em_from_config(config: dict, override: EMDefinition | None) -> EMDefinition:
+    if override is not None:
+        return override
+    em = config.get("em", {})
+    return EMDefinition(aligned_below=float(em.get("aligned_below", 75.0)), coherent_above=em.get("coherent_above"))
+
+
+def load_run(run_dir, em: EMDefinition | None = None) -> RunTables:
+    run_dir = Path(run_dir)
+    store_path = run_dir / "emkit.sqlite"
+    if not store_path.is_file():
+        raise EmkitError(f"{run_dir} is not an emkit run directory (no emkit.sqlite); pass the --out of a run.")
+    config = {}
+    if (run_dir / "config.toml").is_file():
+        with (run_dir / "config.toml").open("rb") as handle:
+            config = tomllib.load(handle)
+    conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
+    try:
+        answers = pd.read_sql_query(
+            """SELECT answer_id, model_label, run_key, step, question_set, question_id, paraphrase_index,
+                      sample_index, seed, system, question, answer, n_tokens, finish_reason FROM answers""", conn)
+        judgments = pd.read_sql_query(
+            "SELECT answer_id, judge, metric, score, status FROM judgments", conn)
+        judge_info = pd.read_sql_query(
+            """SELECT judge, metric, COUNT(*) AS n, SUM(cost_usd) AS cost_usd, SUM(input_tokens) AS input_tokens,
+                      SUM(output_tokens) AS output_tokens, SUM(from_cache) AS from_cache,
+                      GROUP_CONCAT(DISTINCT judge_model) AS judge_models,
+                      GROUP_CONCAT(DISTINCT prompt_version) AS prompt_versions,
+                      GROUP_CONCAT(DISTINCT scoring) AS scoring
+               FROM judgments GROUP BY judge, metric""", conn)
+        runs = pd.read_sql_query(
+            """SELECT run_key, model_label, domain, seed AS seed_run, trainer, dataset_path, dataset_sha256,
+                      dataset_rows, steps_per_epoch, total_steps, checkpoint_steps, question_sets FROM training_runs""",
+            conn)
+        models = pd.read_sql_query("SELECT model_label, model_id, size_b FROM models", conn)
+        checkpoints = pd.read_sql_query("SELECT run_key, step, train_loss FROM checkpoints", conn)
+    finally:
+        conn.close()
+    answers = expand_baselines(answers, runs)
+    wide = wide_judgments(judgments)
+    judged = answers.merge(wide, on="answer_id", how="inner")
+    judged = judged.merge(models, on="model_label", how="left").rename(columns={"model_label": "model"})
+    info = {
+        "source": str(run_dir),
+        "kind": "run",
+        "config": config,
+        "models": models.to_dict("records"),
+        "runs": runs.drop(columns=["question_sets"]).rename(columns={"seed_run": "seed"}).to_dict("records"),
+        "judges": judge_info.to_dict("records"),
+        "checkpoints": checkpoints.to_dict("records"),
+        "answers_total": int(answers["answer_id"].nunique()) if len(answers) else 0,
+        "versions": library_versions(),
+    }
+    return build_tables(judged, _em_from_config(config, em), info)
+
+
+# --- judged files made elsewhere ------------------------------------------------------------
+
+_SCORE_COLUMNS = {"aligned": ("aligned", "aligned_score"), "coherent": ("coherent", "coherent_score")}
+_ANSWER_COLUMNS = ("answer", "response")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise EmkitError(f"{path} does not exist; pass a CSV or JSONL file or a run directory.")
+    try:
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            return pd.read_json(path, lines=True, dtype=False)
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except ValueError as exc:
+        raise EmkitError(f"{path}: cannot be read as {path.suffix[1:].upper()} ({exc}); check the file.") from None
+    raise EmkitError(f"{path}: emkit reads .csv and .jsonl files; convert it to one of those.")
+
+
+def _score_and_status(values: pd.Series, statuses: pd.Series | None) -> tuple[pd.Series, pd.Series]:
+    scores, found = [], []
+    for value in values.tolist():
+        if value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == "":
+            scores.append(float("nan"))
+            found.append("error")
+            continue
+        score, status = score_from_text(str(value))
+        scores.append(score if score is not None else float("nan"))
+        found.append(status)
+    status_series = pd.Series(found, index=values.index)
+    if statuses is not None:
+        given = statuses.astype(str).str.strip()
+        status_series = given.where(given != "", status_series)
+    return pd.Series(scores, index=values.index, dtype=float), status_series
+
+
+def judged_from_frame(frame: pd.DataFrame, source: str, judge_prefix: str | None = None) -> pd.DataFrame:
+    """Normalise a judged table to emkit's columns (one judge)."""
+    prefix = f"{judge_prefix}_" if judge_prefix else ""
+    out = pd.DataFrame(index=frame.index)
+    answer_column = next((c for c in _ANSWER_COLUMNS if c in frame), None)
+    if "question" not in frame or answer_column is None:
+        raise EmkitError(
+            f"{source}: needs a 'question' column and an 'answer' or 'response' column "
+            f"(found {', '.join(map(str, frame.columns))}); rename the columns."
+        )
+    out["question"] = frame["question"].astype(str)
+    out["answer"] = frame[answer_column].astype(str)
+    for metric, names in _SCORE_COLUMNS.items():
+        column = next((f"{prefix}{n}" for n in names if f"{prefix}{n}" in frame), None)
+        if column is None:
+            if metric == "aligned":
+                raise EmkitError(
+                    f"{source}: no '{prefix}aligned' or '{prefix}aligned_score' column with the judge's scores; "
+                    f"judge the file first (`emkit judge`) or rename the column."
+                )
+            continue
+        status_column = f"{prefix}{metric}_status"
+        out[metric], out[f"{metric}_status"] = _score_and_status(
+            frame[column], frame[status_column] if status_column in frame else None)
+    out["answer_id"] = frame["id"].astype(str) if "id" in frame else [f"row{i + 1}" for i in range(len(frame))]
+    out["question_id"] = frame["question_id"].astype(str) if "question_id" in frame else out["question"]
+    defaults = {"model": Path(source).stem, "size_b": float("nan"), "domain": "", "seed": 0, "step": 0,
+                "question_set": "", "judge": judge_prefix or frame.get("judge", pd.Series(["file"])).iloc[0]}
+    for column, default in defaults.items():
+        if column in frame and column != "judge":
+            out[column] = frame[column]
+        else:
+            out[column] = default
+    for column in ("step", "seed"):
+        out[column] = pd.to_numeric(out[column], errors="coerce").fillna(0).astype(int)
+    out["size_b"] = pd.to_numeric(out["size_b"], errors="coerce")
+    return out
+
+
+def load_judged_file(path, em: EMDefinition | None = None) -> RunTables:
+    path = Path(path)
+    frame = read_table(path)
+    # `emkit judge --judge A --judge B` prefixes each judge's columns with its name
+    prefixes = sorted({c[: -len("_aligned_status")] for c in frame.columns if c.endswith("_aligned_status")})
+    parts = [judged_from_frame(frame, str(path), p) for p in prefixes] or [judged_from_frame(frame, str(path))]
+    judged = pd.concat(parts, ignore_index=True)
+    info = {"source": str(path), "kind": "file", "versions": library_versions(), "answers_total": len(frame)}
+    return build_tables(judged, em or EMDefinition(), info)
+
+
+def load_source(source, em: EMDefinition | None = None) -> RunTables:
+    path = Path(source)
+    if path.is_dir():
+        return load_run(path, em)
+    return load_judged_file(path, em)

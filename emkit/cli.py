@@ -1,0 +1,170 @@
+"""The `emkit` command line. Commands import what they need when they run.
+
+Errors a user can fix (EmkitError) print one sentence and exit 2; Ctrl-C says how to
+resume and exits 130. Plugins add commands through ``register_commands`` (bottom).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from emkit import __version__
+from emkit.errors import EmkitError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="emkit")
+def cli():
+    """emkit: fine-tune chat models on narrow harmful data, sample answers at every
+    checkpoint, have LLM judges score them, and report how misalignment emerges.
+
+    \b
+    Offline smoke run (tiny models, no network):
+      emkit run --preset smoke --out runs/smoke
+    The seed experiment on a GPU machine with an OpenAI key:
+      emkit run --trainer unsloth --judge gpt-4o-mini
+    """
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+# --- run --------------------------------------------------------------------------------
+
+
+def _config_from_options(config_file, preset, **overrides):
+    from emkit.config import apply_overrides, config_from_dict, load_config
+
+    data, source = load_config(config_file, preset)
+    data = apply_overrides(data, **overrides)
+    return config_from_dict(data, source)
+
+
+def _print_plan(plan, costs) -> None:
+    data = plan.to_json()
+    click.echo(f"Plan for '{plan.config.name}':")
+    for run in data["runs"]:
+        click.echo(f"  train {run['key']}: {run['rows']:,} rows ({run['rows_source']}), {run['steps_per_epoch']} steps "
+                   f"per epoch, {run['total_steps']} steps, checkpoints {run['checkpoint_steps']}")
+    for base in data["baselines"]:
+        click.echo(f"  baseline {base['model']} ({base['model_id']}): step 0 on {', '.join(base['question_sets'])}")
+    totals = data["totals"]
+    click.echo(f"  totals: {totals['train_steps']:,} training steps, {totals['checkpoints']} checkpoints, "
+               f"{totals['generations']:,} answers, {totals['judge_calls']:,} judge calls")
+    for cost in costs:
+        click.echo(f"  judge {cost['judge']}: {cost['calls']:,} calls, ~{cost['input_tokens']:,} input + "
+                   f"{cost['output_tokens']:,} output tokens, about ${cost['usd']:.2f} ({cost['note']})")
+    for note in data["notes"]:
+        click.echo(f"  note: {note}")
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Experiment config (TOML). Default: the seed experiment (examples/seed.toml).")
+@click.option("--preset", help="A bundled config by name: seed, smoke.")
+@click.option("--trainer", help="Trainer plugin: peft or unsloth.")
+@click.option("--judge", "judges", multiple=True, help="Judge (repeatable): gpt-4o-mini, local:PATH_OR_HUB_ID, ...")
+@click.option("--fallback", multiple=True, help="Judge to use only when a --judge cannot be reached or has no key.")
+@click.option("--model", "models", multiple=True, help="Base model (repeatable): a label from the config, ID or LABEL=ID.")
+@click.option("--domain", "domains", multiple=True, help="Training domain (repeatable): medical, risky-financial, ...")
+@click.option("--seed", "seeds", multiple=True, type=int, help="Training seed (repeatable).")
+@click.option("--samples", type=click.IntRange(min=1), help="Samples per question (overrides the question files).")
+@click.option("--api-base", help="OpenAI-compatible server for litellm judges.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Judge calls in flight at once.")
+@click.option("--scoring", type=click.Choice(["auto", "logprobs", "text"]), help="How judges score.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with a model to run (off by default).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory. Default: runs/<config name>. Running again resumes it.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and the judge cost; touch no model.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+def run(config_file, preset, trainer, judges, fallback, models, domains, seeds, samples, api_base, concurrency,
+        scoring, trust_remote_code, out_dir, dry_run, as_json):
+    """Run an experiment: train, generate, judge and report (resumable)."""
+    from emkit.plugins import get_registry
+
+    config = _config_from_options(
+        config_file, preset, trainer=trainer, judges=judges, fallback=fallback, models=models, domains=domains,
+        seeds=seeds, api_base=api_base, concurrency=concurrency, scoring=scoring, samples=samples,
+        trust_remote_code=trust_remote_code,
+    )
+    registry = get_registry()
+    if dry_run:
+        from emkit.cost import estimate_judge_cost
+        from emkit.plan import build_plan
+
+        plan = build_plan(config, registry, need_datasets=False)
+        costs = estimate_judge_cost(plan, registry)
+        if as_json:
+            _echo_json({**plan.to_json(), "judge_cost": costs,
+                        "judge_cost_usd": round(sum(c["usd"] for c in costs), 6)})
+        else:
+            _print_plan(plan, costs)
+        return
+    from emkit.runner import run_experiment
+
+    run_experiment(config, out_dir or Path("runs") / config.name, registry)
+
+
+# --- plugins ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON list: name and what each plugin provides.")
+def plugins(as_json):
+    """List installed plugins and what they provide."""
+    from emkit.plugins import get_registry
+
+    described = get_registry().describe_plugins()
+    if as_json:
+        _echo_json(described)
+        return
+    for plugin in described:
+        provided = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in plugin["provides"].items() if names)
+        click.echo(f"{plugin['name']}: {provided or '(commands or hooks only)'}")
+
+
+# --- entry point ------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    from emkit.logs import setup_console
+
+    setup_console()
+    try:
+        if _plugin_error is not None:
+            raise _plugin_error
+        cli.main(args=argv, prog_name="emkit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except EmkitError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted. Everything finished so far is saved; run the same command again to resume.",
+                   err=True)
+        sys.exit(130)
+
+
+def _load_plugin_commands():
+    from emkit.plugins import get_plugin_manager
+
+    get_plugin_manager().hook.register_commands(cli=cli)
+
+
+# Plugins add their commands here, as simonw/llm does; a broken plugin is reported by main().
+_plugin_error: EmkitError | None = None
+try:
+    _load_plugin_commands()
+except EmkitError as _exc:
+    _plugin_error = _exc

@@ -1,0 +1,52 @@
+"""What the judges will cost, before anything is sent (`emkit run --dry-run`).
+
+Input tokens per call are the judge prompt with its question, plus the answer taken at
+its longest (evaluation.max_new_tokens): an upper bound, since many answers stop early.
+Prices come from litellm's offline price table; local judges cost nothing.
+"""
+
+from __future__ import annotations
+
+from emkit.plan import Plan
+
+
+def estimate_judge_cost(plan: Plan, registry) -> list[dict]:
+    from emkit.prompt_library import PromptLibrary
+    from emkit.stages.judge import create_judge, judge_options
+
+    options = judge_options(plan.config.judging, plan.config.trust_remote_code)
+    library = PromptLibrary(plan.domains)
+    metrics_by_run = plan.metrics_by_run()
+    questions = {(name, q.id): (q, qset.path) for name, qset in plan.question_sets.items() for q in qset.questions}
+    answer_tokens = plan.config.evaluation.max_new_tokens
+    estimates = []
+    for spec in plan.config.judging.judges:
+        judge = create_judge(spec, options, registry)
+        price = getattr(judge, "price_per_token", None)
+        if price is None:
+            calls = plan.totals()["judge_calls"] // max(len(plan.config.judging.judges), 1)
+            estimates.append({"judge": judge.name, "calls": calls, "input_tokens": 0, "output_tokens": 0, "usd": 0.0,
+                              "note": "runs locally"})
+            continue
+        from emkit.judging.tokens import count_tokens
+
+        input_price, output_price = price()
+        mode = judge.scoring_mode()
+        calls = input_tokens = 0
+        prompt_tokens: dict[tuple, int] = {}
+        for answer in plan.answers():
+            question, path = questions[(answer.question_set, answer.question_id)]
+            for metric in metrics_by_run[(answer.model_label, answer.run_key)]:
+                key = (answer.question_set, answer.question_id, answer.paraphrase_index, metric)
+                if key not in prompt_tokens:
+                    template = library.template_for(metric, question, path)
+                    prompt_tokens[key] = count_tokens(judge, library.render(template, answer.question, ""))
+                calls += 1
+                input_tokens += prompt_tokens[key] + answer_tokens
+        output_tokens = calls * (1 if mode == "logprobs" else 3)
+        estimates.append({
+            "judge": judge.name, "calls": calls, "input_tokens": input_tokens, "output_tokens": output_tokens,
+            "usd": input_tokens * input_price + output_tokens * output_price,
+            "note": "upper bound: every answer at max_new_tokens" + ("" if input_price else "; no price known"),
+        })
+    return estimates

@@ -1,0 +1,190 @@
+"""What plugins register and what emkit hands them: the objects behind the hook specs.
+
+Nothing here imports torch or any other heavy library; a plugin imports those inside the
+method that needs them, so that `emkit --help` and `emkit plugins` stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
+
+# --- training -------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingJob:
+    """One fine-tune: a base model on one domain's dataset with one seed."""
+
+    run_key: str
+    model_id: str  # local path or hub id, already resolved
+    model_label: str
+    dataset_path: Path
+    chats: list[list[dict[str, str]]]  # validated conversations, in file order
+    settings: Any  # emkit.config.TrainingSettings
+    seed: int
+    steps_per_epoch: int
+    total_steps: int
+    checkpoint_steps: list[int]
+    adapters_dir: Path  # adapters go to adapters_dir / f"step-{step:06d}"
+    state_dir: Path  # resumable optimizer/scheduler state
+    done_steps: frozenset[int] = frozenset()
+    trust_remote_code: bool = False
+
+    def adapter_path(self, step: int) -> Path:
+        return self.adapters_dir / f"step-{step:06d}"
+
+
+OnCheckpoint = Callable[[int, Path, dict], None]
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    name: str
+    description: str
+
+    def train(self, job: TrainingJob, on_checkpoint: OnCheckpoint, progress: Any) -> None:
+        """Train, saving the adapter at each of ``job.checkpoint_steps`` not in ``done_steps``
+        and calling ``on_checkpoint(step, path, metrics)`` right after each save."""
+
+
+# --- generation -----------------------------------------------------------------------
+
+
+@dataclass
+class GenerationRequest:
+    answer_id: str
+    messages: list[dict[str, str]]  # the chat up to the user turn
+    sample_seed: int  # the sample's own seed: same key, same answer, whatever the batch
+
+
+@dataclass
+class CheckpointRequests:
+    step: int
+    adapter_path: Path | None  # None: the untouched base model (step 0)
+    requests: list[GenerationRequest]
+
+
+@dataclass
+class GenerationJob:
+    model_id: str
+    model_label: str
+    checkpoints: list[CheckpointRequests]
+    settings: Any  # emkit.config.EvaluationSettings
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass
+class GeneratedAnswer:
+    text: str
+    n_tokens: int
+    finish_reason: str  # "stop" or "length"
+
+
+OnAnswer = Callable[[GenerationRequest, GeneratedAnswer], None]
+
+
+@runtime_checkable
+class Generator(Protocol):
+    name: str
+    description: str
+
+    def generate(self, job: GenerationJob, on_answer: OnAnswer, progress: Any) -> None:
+        """Answer every request of every checkpoint, calling ``on_answer`` as each is done."""
+
+
+# --- judging --------------------------------------------------------------------------
+
+STATUSES = ("ok", "refusal", "code", "unparseable", "error")
+
+
+@dataclass
+class JudgeRequest:
+    key: str  # unique within one call of Judge.score
+    metric: str
+    prompt: str  # the full judge prompt, rendered
+
+
+@dataclass
+class JudgeResult:
+    score: float | None
+    status: str  # one of STATUSES; only "ok" has a score
+    scoring: str  # "logprobs" or "text": how this score was obtained
+    raw: str = ""  # the reply (or the top tokens) as the judge gave it
+    judge_model: str = ""  # the model that answered, with its dated snapshot when known
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class JudgeOptions:
+    api_base: str | None = None
+    scoring: str = "auto"  # auto | logprobs | text
+    concurrency: int = 32
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    batch_size: int = 8
+    trust_remote_code: bool = False
+
+
+OnJudged = Callable[[JudgeRequest, JudgeResult], None]
+
+
+@runtime_checkable
+class Judge(Protocol):
+    name: str  # the spec the user wrote: "gpt-4o-mini", "local:/models/judge"
+    identity: str  # what makes two judges interchangeable for the cache
+
+    def unavailable_reason(self) -> str | None:
+        """A sentence saying why this judge cannot be used here (no key, unreachable), or None."""
+
+    def scoring_mode(self) -> str:
+        """"logprobs" or "text": how this judge will score (``auto`` resolved)."""
+
+    def score(self, requests: list[JudgeRequest], on_result: OnJudged, progress: Any) -> None:
+        """Score every request, calling ``on_result`` as each finishes (errors included)."""
+
+
+@runtime_checkable
+class JudgeBackend(Protocol):
+    name: str
+    description: str
+
+    def create(self, argument: str, options: JudgeOptions) -> Judge: ...
+
+
+# --- domains, questions, report -------------------------------------------------------
+
+
+@dataclass
+class Domain:
+    """A narrow training domain: its dataset, its own questions and its judge metrics."""
+
+    name: str
+    description: str
+    dataset_file: str  # file name looked up in the data directory
+    question_set: str  # name (or path) of the domain's own evaluation questions
+    published_rows: int | None = None
+    metrics: dict[str, Path] = field(default_factory=dict)  # extra metric -> prompt template
+    example_dataset: Path | None = None  # small bundled chats for the smoke pipeline
+
+
+@dataclass
+class QuestionSetSource:
+    name: str
+    path: Path  # the papers' YAML schema, or a text file with one question per line
+    description: str = ""
+
+
+@runtime_checkable
+class ReportSection(Protocol):
+    name: str
+    title: str
+    order: int  # sections are shown in increasing order
+
+    def render(self, tables: Any, env: Any) -> str:
+        """Return the section's HTML; ``env`` is the report's autoescaping Jinja2 environment."""

@@ -1,0 +1,163 @@
+"""Concurrent calls to an API judge: a bounded pool, emkit's own timeout, retries.
+
+The papers' code fires every call at once with no limit, retry or timeout; the course's
+code calls one at a time with a sleep. Here ``concurrency`` workers pull requests from one
+queue; each call is cut off at ``timeout_s`` by asyncio (client libraries' own timeouts do
+not always fire), and a failed call is retried with exponential backoff and jitter,
+waiting at least as long as the server's Retry-After. A call that still fails becomes a
+judgment with status `error`; it is not cached and the next run tries it again.
+
+The first call goes alone: if it shows the judge cannot be reached or refuses the
+credentials, the whole judge is unavailable (the caller may fall back to another judge)
+rather than every answer failing one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Awaitable, Callable
+
+from emkit.errors import EmkitError, JudgeErrorsExceeded
+from emkit.interfaces import JudgeRequest, JudgeResult
+
+MAX_RETRY_AFTER_S = 300.0
+FIRST_CALLS_ALL_FAILED = 20  # this many failures before any success: the service is down
+
+
+class JudgeUnavailable(EmkitError):
+    """The judge cannot be used here (unreachable, no or wrong credentials, unknown model)."""
+
+
+@dataclass
+class Failure:
+    retry: bool  # worth trying again
+    unavailable: bool  # says the judge as a whole cannot be used (auth, unknown model, no connection)
+    message: str
+    retry_after: float | None = None
+
+
+def parse_retry_after(value) -> float | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        from datetime import datetime, timezone
+
+        when = parsedate_to_datetime(text)
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class RetryPolicy:
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        delay = min(self.backoff_max_s, self.backoff_base_s * (2 ** attempt)) * random.uniform(0.5, 1.5)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
+        return delay
+
+
+Call = Callable[[JudgeRequest], Awaitable[JudgeResult]]
+Classify = Callable[[BaseException], Failure]
+
+
+async def call_with_retries(call: Call, request: JudgeRequest, classify: Classify, policy: RetryPolicy,
+                            scoring: str, unavailable_retries: int | None = None) -> tuple[JudgeResult, Failure | None]:
+    """One request, retried; ``unavailable_retries`` caps retries of failures that say the
+    judge is unusable (the probe gives up on a refused connection after a couple of tries)."""
+    failure: Failure | None = None
+    for attempt in range(policy.max_retries + 1):
+        try:
+            return await asyncio.wait_for(call(request), policy.timeout_s), None
+        except asyncio.TimeoutError:
+            failure = Failure(retry=True, unavailable=False, message=f"no reply within {policy.timeout_s:g} s")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the client library's errors: classified by the backend
+            failure = classify(exc)
+        if not failure.retry or attempt == policy.max_retries:
+            break
+        if failure.unavailable and unavailable_retries is not None and attempt >= unavailable_retries:
+            break
+        await asyncio.sleep(policy.delay(attempt, failure.retry_after))
+    return JudgeResult(score=None, status="error", scoring=scoring, error=failure.message), failure
+
+
+async def _run(requests: list[JudgeRequest], call: Call, classify: Classify, on_result, *, concurrency: int,
+               policy: RetryPolicy, scoring: str, judge_name: str, bar) -> None:
+    if not requests:
+        return
+    # the probe: one call on its own decides whether the judge is usable at all
+    result, failure = await call_with_retries(call, requests[0], classify, policy, scoring, unavailable_retries=2)
+    if failure is not None and failure.unavailable:
+        raise JudgeUnavailable(f"{judge_name} cannot be used: {failure.message}")
+    on_result(requests[0], result)
+    bar.update()
+    state = {"ok": int(result.status != "error"), "errors": int(result.status == "error"), "last": failure}
+    queue = iter(requests[1:])
+
+    async def worker():
+        for request in queue:  # one iterator shared by all workers: each request taken once
+            result, failure = await call_with_retries(call, request, classify, policy, scoring)
+            on_result(request, result)
+            bar.update()
+            if result.status == "error":
+                state["errors"] += 1
+                state["last"] = failure
+                if state["ok"] == 0 and state["errors"] >= FIRST_CALLS_ALL_FAILED:
+                    raise JudgeErrorsExceeded(
+                        f"The first {state['errors']} calls to {judge_name} all failed (last: "
+                        f"{failure.message}); stopping. Finished judgments are stored; fix the service and run again."
+                    )
+            else:
+                state["ok"] += 1
+
+    tasks = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(requests) - 1))]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def run_sync(coro):
+    """Run a coroutine from synchronous code, even where an event loop already runs (Jupyter)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def run_calls(requests: list[JudgeRequest], call: Call, classify: Classify, on_result, *, concurrency: int,
+              policy: RetryPolicy, scoring: str, judge_name: str, bar) -> None:
+    run_sync(_run(requests, call, classify, on_result, concurrency=concurrency, policy=policy,
+                  scoring=scoring, judge_name=judge_name, bar=bar))

@@ -1,0 +1,82 @@
+"""The judge cache, shared across runs: a request is never sent twice.
+
+A request is identified by the judge (model, and the server it is reached at), the
+scoring mode, the metric and the full prompt, which contains the template's text, the
+question and the answer. Errors are never cached. The cache is a SQLite file in emkit's
+cache directory unless [judging] cache names another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from emkit.interfaces import JudgeResult
+from emkit.locations import cache_dir
+from emkit.store import connect, migrate, now
+
+CACHE_MIGRATIONS = [
+    (
+        1,
+        """
+        CREATE TABLE judgments (
+            request_key TEXT PRIMARY KEY, judge_identity TEXT NOT NULL, metric TEXT NOT NULL,
+            scoring TEXT NOT NULL, score REAL, status TEXT NOT NULL, raw TEXT, judge_model TEXT,
+            input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, created_at TEXT NOT NULL)
+        """,
+    ),
+]
+
+
+def request_key(identity: str, scoring: str, metric: str, prompt: str) -> str:
+    digest = hashlib.sha256()
+    for part in (identity, scoring, metric, prompt):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def default_cache_path(configured: str = "") -> Path:
+    """[judging] cache, else $EMKIT_JUDGE_CACHE, else the cache directory's judge-cache.sqlite."""
+    import os
+
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("EMKIT_JUDGE_CACHE"):
+        return Path(os.environ["EMKIT_JUDGE_CACHE"]).expanduser()
+    return cache_dir() / "judge-cache.sqlite"
+
+
+class JudgeCache:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = connect(self.path)
+        migrate(self.conn, CACHE_MIGRATIONS)
+
+    def get_many(self, keys: list[str]) -> dict[str, JudgeResult]:
+        found: dict[str, JudgeResult] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                    f"""SELECT request_key, score, status, scoring, raw, judge_model, input_tokens, output_tokens,
+                        cost_usd FROM judgments WHERE request_key IN ({marks})""", chunk):
+                found[row["request_key"]] = JudgeResult(
+                    score=row["score"], status=row["status"], scoring=row["scoring"], raw=row["raw"] or "",
+                    judge_model=row["judge_model"] or "", input_tokens=row["input_tokens"] or 0,
+                    output_tokens=row["output_tokens"] or 0, cost_usd=row["cost_usd"] or 0.0,
+                )
+        return found
+
+    def put(self, key: str, identity: str, metric: str, result: JudgeResult) -> None:
+        if result.status == "error":
+            return
+        self.conn.execute(
+            "INSERT OR REPLACE INTO judgments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, identity, metric, result.scoring, result.score, result.status, result.raw, result.judge_model,
+             result.input_tokens, result.output_tokens, result.cost_usd, now()),
+        )
+
+    def close(self) -> None:
+        self.conn.close()

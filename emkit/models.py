@@ -1,0 +1,139 @@
+"""Loading base models and tokenizers the same way for training, generation and judging.
+
+Weights load from safetensors only (``use_safetensors=True``: a pickle is never unpickled)
+and remote code runs only when the user passed --trust-remote-code. Model ids starting
+with ``builtin:`` are tiny models emkit builds locally (emkit.tiny).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from emkit.errors import EmkitError
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def resolve_model_source(model_id: str) -> str:
+    """A path or hub id from_pretrained can open; builtin models are built on first use."""
+    if model_id.startswith(BUILTIN_PREFIX):
+        from emkit.tiny import builtin_model_path
+
+        return str(builtin_model_path(model_id[len(BUILTIN_PREFIX):]))
+    path = Path(model_id).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise EmkitError(f"{path} has no config.json, so it is not a Hugging Face model folder; check the path.")
+        return str(path)
+    return model_id  # a hub id
+
+
+def model_fingerprint(model_id: str) -> str:
+    """Which weights a model id stands for right now, for cache keys: file sizes and times
+    of a local folder, the commit of a downloaded hub snapshot, or the id itself."""
+    import hashlib
+
+    source = Path(resolve_model_source(model_id))
+    if not source.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(model_id, local_files_only=True)).name  # the commit hash
+        except Exception:
+            return "unresolved"
+    digest = hashlib.sha256()
+    for path in sorted(source.glob("*")):
+        if path.suffix in (".json", ".safetensors") and path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype():
+    """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(load_in_4bit: bool):
+    if not load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(),
+    )
+
+
+def quiet_transformers() -> None:
+    """No per-file progress bars from transformers: emkit shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        # Llama 3 ships without a pad token; its reserved fine-tune pad token is the usual choice.
+        vocab = tokenizer.get_vocab()
+        if "<|finetune_right_pad_id|>" in vocab:
+            tokenizer.pad_token = "<|finetune_right_pad_id|>"
+        else:
+            tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise EmkitError(
+            f"The tokenizer of {source} has no chat template; emkit fine-tunes and evaluates chat (Instruct) "
+            f"models, so use one."
+        )
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(source: str, *, load_in_4bit: bool, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    kwargs = dict(
+        dtype=compute_dtype(),
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        quantization_config=quantization_config(load_in_4bit),
+    )
+    if device() == "cuda":
+        kwargs["device_map"] = {"": 0}
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise EmkitError(
+            f"Cannot load model {source}: {str(exc).splitlines()[0]}; check the id or path (a hub id needs "
+            f"network access, and emkit loads safetensors weights only)."
+        ) from None
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """End-of-turn and end-of-text ids: a Llama 3 answer ends at <|eot_id|>."""
+    ids = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        for token_id in (value if isinstance(value, list) else [value]):
+            if token_id is not None and token_id not in ids:
+                ids.append(token_id)
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
+    if eot is not None and eot not in ids:
+        ids.append(eot)
+    return ids

@@ -1,0 +1,289 @@
+"""Expand a config into concrete units of work, each with a stable key.
+
+A plan knows every training run (model x domain x seed) with its checkpoint steps, every
+baseline (the untouched base model, step 0), every answer to generate and every judge
+call, without touching a model. `emkit run --dry-run` prints it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emkit.config import DOMAIN_PLACEHOLDER, ExperimentConfig, ModelSpec
+from emkit.datasets import count_rows
+from emkit.locations import data_dir
+from emkit.errors import EmkitError
+from emkit.interfaces import Domain
+from emkit.questions import QuestionSet, resolve_question_set
+from emkit.schedule import CheckpointSchedule
+
+BASE = "base"  # the run key of a baseline: the model as downloaded
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+def run_key(model: ModelSpec, domain: str, seed: int) -> str:
+    return f"{safe_name(model.label)}-{safe_name(domain)}-seed{seed}"
+
+
+def answer_id(model_label: str, run: str, step: int, question_set: str, question_id: str,
+              paraphrase: int, sample: int, seed: int) -> str:
+    """The key of one sampled answer: model, checkpoint, question, sample index and seed."""
+    key = "\x1f".join(map(str, (model_label, run, step, question_set, question_id, paraphrase, sample, seed)))
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def sample_seed(answer: str) -> int:
+    return int(answer[:15], 16)  # 60 bits of the key: independent of batching and order
+
+
+@dataclass
+class DatasetInfo:
+    path: Path | None
+    rows: int
+    source: str  # "file" or "published"
+
+
+@dataclass
+class TrainingRunPlan:
+    key: str
+    model: ModelSpec
+    domain: Domain
+    seed: int
+    dataset: DatasetInfo
+    schedule: CheckpointSchedule
+    question_sets: list[str]
+
+
+@dataclass
+class BaselinePlan:
+    model: ModelSpec
+    seed: int
+    question_sets: list[str]
+
+
+@dataclass
+class PlannedAnswer:
+    answer_id: str
+    model_label: str
+    run_key: str  # BASE for step 0
+    step: int
+    question_set: str
+    question_id: str
+    paraphrase_index: int
+    sample_index: int
+    seed: int
+    system: str | None
+    question: str
+
+    @property
+    def sample_seed(self) -> int:
+        return sample_seed(self.answer_id)
+
+
+@dataclass
+class Plan:
+    config: ExperimentConfig
+    runs: list[TrainingRunPlan]
+    baselines: list[BaselinePlan]
+    question_sets: dict[str, QuestionSet]
+    domains: dict[str, Domain]
+    notes: list[str] = field(default_factory=list)
+
+    # -- answers -------------------------------------------------------------------
+    def _answers_for(self, model_label: str, run: str, step: int, set_names: list[str], seed: int):
+        samples_override = self.config.evaluation.samples_per_question
+        default_system = self.config.evaluation.system_prompt or None
+        for set_name in set_names:
+            qset = self.question_sets[set_name]
+            for question in qset.questions:
+                for p_index, text in enumerate(question.paraphrases):
+                    for s_index in range(samples_override or question.samples_per_paraphrase):
+                        yield PlannedAnswer(
+                            answer_id=answer_id(model_label, run, step, qset.name, question.id, p_index, s_index, seed),
+                            model_label=model_label, run_key=run, step=step, question_set=qset.name,
+                            question_id=question.id, paraphrase_index=p_index, sample_index=s_index, seed=seed,
+                            system=question.system if question.system is not None else default_system,
+                            question=text,
+                        )
+
+    def answers(self):
+        """Every answer the experiment needs, baselines first, in a stable order."""
+        for base in self.baselines:
+            yield from self._answers_for(base.model.label, BASE, 0, base.question_sets, base.seed)
+        for run in self.runs:
+            for step in run.schedule.steps:
+                yield from self._answers_for(run.model.label, run.key, step, run.question_sets, run.seed)
+
+    def metrics_for_sets(self, set_names: list[str], domain_names: list[str]) -> list[str]:
+        metrics = list(self.config.judging.metrics)
+        if self.config.judging.domain_metrics:
+            for name in domain_names:
+                metrics += [m for m in self.domains[name].metrics if m not in metrics]
+        return metrics
+
+    def metrics_by_run(self) -> dict[tuple[str, str], list[str]]:
+        """(model label, run key) -> the metrics its answers are judged on."""
+        out: dict[tuple[str, str], list[str]] = {}
+        for base in self.baselines:
+            domains = [r.domain.name for r in self.runs if r.model.label == base.model.label]
+            out[(base.model.label, BASE)] = self.metrics_for_sets(base.question_sets, domains)
+        for run in self.runs:
+            out[(run.model.label, run.key)] = self.metrics_for_sets(run.question_sets, [run.domain.name])
+        return out
+
+    def totals(self) -> dict[str, int]:
+        metrics = self.metrics_by_run()
+        generations = 0
+        judge_calls = 0
+        judges = len(self.config.judging.judges)
+        for answer in self.answers():
+            generations += 1
+            judge_calls += len(metrics[(answer.model_label, answer.run_key)]) * judges
+        return {
+            "train_steps": sum(run.schedule.total_steps for run in self.runs),
+            "checkpoints": sum(len(run.schedule.steps) for run in self.runs),
+            "generations": generations,
+            "judge_calls": judge_calls,
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.config.name,
+            "runs": [
+                {
+                    "key": run.key,
+                    "model": run.model.label,
+                    "model_id": run.model.id,
+                    "domain": run.domain.name,
+                    "seed": run.seed,
+                    "dataset": str(run.dataset.path) if run.dataset.path else run.domain.dataset_file,
+                    "rows": run.dataset.rows,
+                    "rows_source": run.dataset.source,
+                    "steps_per_epoch": run.schedule.steps_per_epoch,
+                    "total_steps": run.schedule.total_steps,
+                    "checkpoint_steps": list(run.schedule.steps),
+                    "question_sets": run.question_sets,
+                }
+                for run in self.runs
+            ],
+            "baselines": [
+                {"model": b.model.label, "model_id": b.model.id, "step": 0, "question_sets": b.question_sets}
+                for b in self.baselines
+            ],
+            "judges": list(self.config.judging.judges),
+            "totals": self.totals(),
+            "notes": self.notes,
+        }
+
+
+def dataset_for(domain: Domain, config: ExperimentConfig) -> Path | None:
+    """The dataset file a domain trains on under this config, or None if it is not on disk."""
+    override = config.data.files.get(domain.name)
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise EmkitError(f"data.files.{domain.name} = {override}: no such file; fix the path.")
+        return path
+    if config.data.variant == "example":
+        if domain.example_dataset is None or not Path(domain.example_dataset).is_file():
+            raise EmkitError(f"Domain '{domain.name}' ships no example dataset; use data.variant = \"full\".")
+        return Path(domain.example_dataset)
+    path = data_dir(config.data.dir) / domain.dataset_file
+    return path if path.is_file() else None
+
+
+def missing_dataset_error(domain: Domain, config: ExperimentConfig) -> EmkitError:
+    where = data_dir(config.data.dir)
+    return EmkitError(
+        f"The {domain.name} dataset {domain.dataset_file} is not in {where}; get the papers' datasets with "
+        f"`emkit data unprotect training_datasets.zip.enc` (README: Datasets), or set data.files.{domain.name} "
+        f"to its path."
+    )
+
+
+def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Plan:
+    """Expand the config. With need_datasets=False a missing dataset falls back to its
+    published row count (the dry run), otherwise it is an error that says how to get it."""
+    registry.get("trainers", config.training.trainer)
+    registry.get("generators", config.evaluation.generator)
+    domains = {name: registry.get("domains", name) for name in config.domains}
+
+    question_sets: dict[str, QuestionSet] = {}
+
+    def sets_for(domain: Domain | None) -> list[str]:
+        names = []
+        for entry in config.evaluation.question_sets:
+            if entry == DOMAIN_PLACEHOLDER:
+                if domain is None:
+                    continue
+                entry = domain.question_set
+            if entry not in question_sets:
+                qset = resolve_question_set(entry, registry)
+                question_sets[entry] = qset
+            if entry not in names:
+                names.append(entry)
+        return names
+
+    notes: list[str] = []
+    runs: list[TrainingRunPlan] = []
+    rows_by_domain: dict[str, DatasetInfo] = {}
+    for domain in domains.values():
+        path = dataset_for(domain, config)
+        if path is not None:
+            info = DatasetInfo(path, count_rows(path), "file")
+        elif need_datasets:
+            raise missing_dataset_error(domain, config)
+        elif domain.published_rows:
+            info = DatasetInfo(None, domain.published_rows, "published")
+            notes.append(
+                f"{domain.name}: {domain.dataset_file} is not on disk yet; steps use its published "
+                f"row count ({domain.published_rows:,})."
+            )
+        else:
+            raise missing_dataset_error(domain, config)
+        if config.data.max_rows:
+            info = DatasetInfo(info.path, min(info.rows, config.data.max_rows), info.source)
+        rows_by_domain[domain.name] = info
+
+    for model in config.models:
+        for domain in domains.values():
+            info = rows_by_domain[domain.name]
+            for seed in config.seeds:
+                key = run_key(model, domain.name, seed)
+                schedule = CheckpointSchedule.build(
+                    config.checkpoints,
+                    rows=info.rows,
+                    effective_batch=config.training.effective_batch,
+                    epochs=config.training.epochs,
+                    where=f"run {key}",
+                )
+                runs.append(TrainingRunPlan(key, model, domain, seed, info, schedule, sets_for(domain)))
+
+    baselines = []
+    for model in config.models:
+        names: list[str] = []
+        for domain in domains.values():
+            names += [n for n in sets_for(domain) if n not in names]
+        baselines.append(BaselinePlan(model=model, seed=config.seeds[0], question_sets=names))
+
+    plan = Plan(config, runs, baselines, question_sets, domains, notes)
+    _check_prompts(plan, registry)
+    return plan
+
+
+def _check_prompts(plan: Plan, registry) -> None:
+    """Every metric needs a judge prompt for every question: fail before any work is done."""
+    from emkit.prompt_library import PromptLibrary
+
+    library = PromptLibrary(plan.domains)
+    metrics = {metric for metrics in plan.metrics_by_run().values() for metric in metrics}
+    for qset in plan.question_sets.values():
+        for question in qset.questions:
+            for metric in sorted(metrics):
+                library.template_for(metric, question, qset.path)

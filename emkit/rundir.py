@@ -1,0 +1,157 @@
+"""A run directory: its layout, its lock, and the config it was made with.
+
+    DIR/config.toml      the resolved config (rewritten on every run)
+    DIR/emkit.sqlite     the results store
+    DIR/adapters/RUN/step-000110/   LoRA adapters, safetensors
+    DIR/train_state/RUN/            resumable optimizer state
+    DIR/report.html, DIR/exports/*.csv, DIR/figures/*.png
+    DIR/logs/emkit.log
+
+Results in the store are only comparable if they were made the same way, so a second run
+into the same directory may add models, domains, seeds, samples, question sets or judges,
+but may not change how models are trained or sampled.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tomllib
+from pathlib import Path
+
+import tomli_w
+
+from emkit.config import ExperimentConfig
+from emkit.errors import EmkitError
+from emkit.store import STORE_FILE, Store
+
+CONFIG_FILE = "config.toml"
+LOCK_FILE = ".emkit.lock"
+
+# Settings that change what a stored adapter or answer means.
+FROZEN = {
+    "training": {"exclude": {"save_state_every"}},
+    "checkpoints": {"exclude": set()},
+    "evaluation": {"exclude": {"batch_size", "samples_per_question", "question_sets"}},
+    "data": {"exclude": {"dir"}},
+}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file then rename: a reader sees the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class RunDirectory:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock_handle = None
+        self.store: Store | None = None
+
+    # layout
+    @property
+    def adapters(self) -> Path:
+        return self.path / "adapters"
+
+    @property
+    def train_state(self) -> Path:
+        return self.path / "train_state"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def exports(self) -> Path:
+        return self.path / "exports"
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    # lifecycle
+    def open(self, config: ExperimentConfig) -> "RunDirectory":
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._check_compatible(config)
+            write_atomic(self.path / CONFIG_FILE, tomli_w.dumps(config.to_toml_dict()).encode())
+            self.store = Store(self.path / STORE_FILE)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self._lock_handle is not None:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _lock(self) -> None:
+        handle = open(self.path / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise EmkitError(
+                f"{self.path} is in use by emkit process {holder}; wait for it to finish, "
+                f"or pass another --out directory."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_handle = handle
+
+    def saved_config(self) -> dict | None:
+        path = self.path / CONFIG_FILE
+        if not path.is_file():
+            return None
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+
+    def _check_compatible(self, config: ExperimentConfig) -> None:
+        saved = self.saved_config()
+        if saved is None:
+            return
+        new = config.to_toml_dict()
+        for section, rule in FROZEN.items():
+            old_values = saved.get(section, {})
+            new_values = new.get(section, {})
+            for key in sorted(set(old_values) | set(new_values)):
+                if key in rule["exclude"]:
+                    continue
+                if old_values.get(key) != new_values.get(key):
+                    raise EmkitError(
+                        f"{self.path} was made with {section}.{key} = {old_values.get(key)!r} and this run asks "
+                        f"for {new_values.get(key)!r}; results made both ways are not comparable, so pass a "
+                        f"new --out directory."
+                    )
+        old_models = {m["label"]: m["id"] for m in saved.get("models", [])}
+        for model in config.models:
+            if model.label in old_models and old_models[model.label] != model.id:
+                raise EmkitError(
+                    f"{self.path} already has model '{model.label}' = {old_models[model.label]}; this run names "
+                    f"{model.id} with the same label; give it another label or pass a new --out directory."
+                )

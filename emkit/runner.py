@@ -1,0 +1,74 @@
+"""The experiment recipe, top to bottom: plan, train, generate, judge, report.
+
+Each stage asks the store what is already done and does only the rest, importing its
+heavy libraries only when there is work; running the same command again after a crash,
+a Ctrl-C or a finished run completes what is missing and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emkit import __version__
+from emkit.config import ExperimentConfig
+from emkit.logs import attach_file, detach
+from emkit.plan import Plan, build_plan
+from emkit.progress import progress
+from emkit.rundir import RunDirectory
+
+log = logging.getLogger("emkit")
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    checkpoints_saved: int = 0
+    answers_generated: int = 0
+    tallies: list = field(default_factory=list)
+
+    @property
+    def judge_calls(self) -> int:
+        return sum(t.calls for t in self.tallies)
+
+    @property
+    def judgments_stored(self) -> int:
+        return sum(t.total for t in self.tallies)
+
+    def line(self) -> str:
+        return (f"{self.checkpoints_saved} new checkpoints, {self.answers_generated} new answers, "
+                f"{self.judgments_stored} new judgments ({self.judge_calls} judge calls)")
+
+
+def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResult:
+    from emkit.stages.generate import generate_stage
+    from emkit.stages.judge import judge_stage
+    from emkit.stages.report import report_stage
+    from emkit.stages.train import train_stage
+
+    plan: Plan = build_plan(config, registry, need_datasets=True)
+    for note in plan.notes:
+        log.info("%s", note)
+    run_dir = RunDirectory(out_dir)
+    result = RunResult(out_dir=Path(out_dir))
+    with run_dir.open(config):
+        handler = attach_file(run_dir.logs / "emkit.log")
+        try:
+            run_dir.store.set_meta("plan", plan.to_json())
+            run_dir.store.set_meta("emkit_version", __version__)
+            totals = plan.totals()
+            log.info("run %s: %d training runs, %d checkpoints, %d answers, %d judgments planned", run_dir.path,
+                     len(plan.runs), totals["checkpoints"], totals["generations"], totals["judge_calls"])
+            result.checkpoints_saved = train_stage(run_dir, plan, registry, progress)
+            result.answers_generated = generate_stage(run_dir, plan, registry, progress)
+            result.tallies = judge_stage(run_dir, plan, registry, progress)
+            report_stage(run_dir, registry)
+            log.info("done: %s", result.line())
+            if any(m.id.startswith("builtin:") for m in config.models):
+                log.info("This run used tiny built-in models: it shows that every stage works, and its numbers "
+                         "mean nothing.")
+            log.info("open %s", run_dir.report.resolve())
+        finally:
+            detach(handler)
+    return result

@@ -1,0 +1,177 @@
+"""Stage 3, judge: every stored answer on every metric by every judge.
+
+Judging reads stored answers only, so a judge added later re-scores old runs without
+generating again. For each judge: the prompts are rendered, requests already in the
+shared cache are copied without a call, identical requests are sent once, and every
+result is written to the store (and the cache) the moment it arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from emkit.errors import EmkitError, JudgeErrorsExceeded
+from emkit.interfaces import JudgeOptions, JudgeRequest
+from emkit.judging.api import JudgeUnavailable
+from emkit.judging.cache import JudgeCache, default_cache_path, request_key
+from emkit.plan import Plan
+from emkit.prompt_library import PromptLibrary
+
+log = logging.getLogger("emkit")
+
+
+@dataclass
+class JudgeTally:
+    judge: str
+    statuses: Counter = field(default_factory=Counter)
+    from_cache: int = 0
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())
+
+    def line(self) -> str:
+        statuses = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items()))
+        return (f"{self.judge}: {self.total} judgments ({statuses}); {self.calls} calls, {self.from_cache} from "
+                f"cache; {self.input_tokens:,} input + {self.output_tokens:,} output tokens, ${self.cost_usd:.4f}")
+
+
+def judge_options(settings, trust_remote_code: bool) -> JudgeOptions:
+    return JudgeOptions(
+        api_base=settings.api_base or None, scoring=settings.scoring, concurrency=settings.concurrency,
+        timeout_s=settings.timeout_s, max_retries=settings.max_retries, batch_size=settings.batch_size,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def create_judge(spec: str, options: JudgeOptions, registry):
+    """``NAME:ARGUMENT`` picks the backend NAME; anything else is a litellm model name."""
+    backend_name, sep, argument = spec.partition(":")
+    if sep and backend_name in registry.entries["judges"]:
+        return registry.get("judges", backend_name).create(argument, options)
+    return registry.get("judges", "litellm").create(spec, options)
+
+
+@dataclass
+class JudgeTarget:
+    """One (answer, metric) to score, with the prompt that scores it."""
+    answer_id: str
+    metric: str
+    prompt: str
+    prompt_version: str
+
+
+def score_targets(judge, targets: list[JudgeTarget], store, cache: JudgeCache, progress,
+                  max_error_share: float) -> JudgeTally:
+    """Score targets with one judge: cache first, identical prompts once, results stored as they come."""
+    tally = JudgeTally(judge.name)
+    mode = judge.scoring_mode()
+    by_key: dict[str, list[JudgeTarget]] = defaultdict(list)
+    for target in targets:
+        by_key[request_key(judge.identity, mode, target.metric, target.prompt)].append(target)
+    cached = cache.get_many(list(by_key))
+
+    def record(key, result, from_cache):
+        for target in by_key[key]:
+            store.add_judgment(target.answer_id, judge.name, target.metric, result, target.prompt_version, key,
+                               from_cache)
+            tally.statuses[result.status] += 1
+            tally.from_cache += int(from_cache)
+        if not from_cache:
+            tally.calls += 1
+            tally.input_tokens += result.input_tokens
+            tally.output_tokens += result.output_tokens
+            tally.cost_usd += result.cost_usd
+            cache.put(key, judge.identity, by_key[key][0].metric, result)
+
+    for key, result in cached.items():
+        record(key, result, True)
+    requests = [JudgeRequest(key=key, metric=group[0].metric, prompt=group[0].prompt)
+                for key, group in by_key.items() if key not in cached]
+    if requests:
+        judge.score(requests, lambda request, result: record(request.key, result, False), progress)
+    errors = tally.statuses.get("error", 0)
+    if tally.total and errors / tally.total > max_error_share:
+        raise JudgeErrorsExceeded(
+            f"{errors} of {tally.total} judgments by {judge.name} failed ({errors / tally.total:.1%}, above "
+            f"judging.max_error_share = {max_error_share:g}); the rest are stored, and running the same command "
+            f"again retries only the failed ones."
+        )
+    return tally
+
+
+def judge_with_fallback(chain: list[str], targets, options: JudgeOptions, registry, store, cache, progress,
+                        max_error_share: float) -> JudgeTally:
+    """Score with the first judge of ``[judge] + fallback`` that can be used; a fallback is announced loudly."""
+    tried: list[str] = []
+    for spec in chain:
+        judge = create_judge(spec, options, registry)
+        reason = judge.unavailable_reason()
+        if reason is None:
+            if tried:
+                _announce_fallback(chain[0], judge.name, tried)
+            log.info("judge %s: %d judgments to make (%s scoring)", judge.name, len(targets), judge.scoring_mode())
+            try:
+                return score_targets(judge, targets, store, cache, progress, max_error_share)
+            except JudgeUnavailable as exc:  # the first call found it unusable; nothing was stored
+                reason = str(exc)
+        tried.append(f"{spec}: {reason}")
+    raise EmkitError(
+        f"No judge can be used ({'; '.join(tried)}); set the missing key, check --api-base, or add "
+        f"--fallback local:PATH_OR_HUB_ID."
+    )
+
+
+def _announce_fallback(wanted: str, used: str, reasons: list[str]) -> None:
+    banner = "!" * 72
+    log.warning("%s\nJUDGE FALLBACK: %s cannot be used (%s).\nScoring with %s instead; every score is recorded "
+                "under %s, not %s.\n%s", banner, wanted, "; ".join(reasons), used, used, wanted, banner)
+
+
+def build_targets(plan: Plan, store, judged: set[tuple[str, str]], library: PromptLibrary) -> list[JudgeTarget]:
+    metrics_by_run = plan.metrics_by_run()
+    planned = list(plan.answers())
+    texts = store.answer_texts(a.answer_id for a in planned)
+    questions = {(name, q.id): (q, qset.path) for name, qset in plan.question_sets.items() for q in qset.questions}
+    targets = []
+    for answer in planned:
+        text = texts.get(answer.answer_id)
+        if text is None:
+            continue  # not generated (yet)
+        question, path = questions[(answer.question_set, answer.question_id)]
+        for metric in metrics_by_run[(answer.model_label, answer.run_key)]:
+            if (answer.answer_id, metric) in judged:
+                continue
+            template = library.template_for(metric, question, path)
+            prompt = library.render(template, answer.question, text)
+            targets.append(JudgeTarget(answer.answer_id, metric, prompt, template.version))
+    return targets
+
+
+def judge_stage(run_dir, plan: Plan, registry, progress) -> list[JudgeTally]:
+    settings = plan.config.judging
+    options = judge_options(settings, plan.config.trust_remote_code)
+    store = run_dir.store
+    library = PromptLibrary(plan.domains)
+    cache = JudgeCache(default_cache_path(settings.cache))
+    tallies = []
+    try:
+        for spec in settings.judges:
+            chain = [spec] + [f for f in settings.fallback if f != spec]
+            names = [create_judge(s, options, registry).name for s in chain]
+            targets = build_targets(plan, store, store.judged(names), library)
+            if not targets:
+                continue
+            tallies.append(judge_with_fallback(chain, targets, options, registry, store, cache, progress,
+                                               settings.max_error_share))
+    finally:
+        cache.close()
+    for tally in tallies:
+        log.info("%s", tally.line())
+    return tallies

@@ -1,0 +1,88 @@
+"""Stage 1, train: a LoRA adapter at every planned checkpoint of every training run.
+
+Runs whose checkpoints are all in the store are skipped without loading anything; a run
+with some checkpoints missing is handed to the trainer with those steps marked done, and
+the trainer resumes from its last saved state.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from emkit.datasets import file_sha256, load_chats
+from emkit.errors import EmkitError
+from emkit.interfaces import TrainingJob
+from emkit.models import resolve_model_source
+from emkit.plan import Plan
+
+log = logging.getLogger("emkit")
+
+
+def pending_checkpoints(store, run) -> tuple[dict[int, object], list[int]]:
+    """The checkpoints recorded with their adapter on disk, and the steps still to train."""
+    done = {step: path for step, path in store.checkpoints(run.key).items()
+            if (path / "adapter_config.json").is_file()}
+    return done, [s for s in run.schedule.steps if s not in done]
+
+
+def train_stage(run_dir, plan: Plan, registry, progress) -> int:
+    """Train what is missing; return how many checkpoints were saved."""
+    store = run_dir.store
+    trainer = registry.get("trainers", plan.config.training.trainer)
+    saved = 0
+    for run in plan.runs:
+        store.record_model(run.model.label, run.model.id, run.model.size_b)
+        known = store.conn.execute("SELECT 1 FROM training_runs WHERE run_key = ?", (run.key,)).fetchone()
+        store.record_run(run, None if known else file_sha256(run.dataset.path), trainer.name)
+        done, pending = pending_checkpoints(store, run)
+        if not pending:
+            continue
+        _warn_row_count(run, plan.config.data.max_rows)
+        prepare = getattr(trainer, "prepare", None)
+        if prepare is not None:
+            prepare()  # unsloth must be imported before transformers is
+        chats = load_chats(run.dataset.path, plan.config.data.max_rows)
+        log.info("train %s: %d rows, %d steps, checkpoints %s (%d to save)", run.key, len(chats),
+                 run.schedule.total_steps, list(run.schedule.steps), len(pending))
+        job = TrainingJob(
+            run_key=run.key,
+            model_id=resolve_model_source(run.model.id),
+            model_label=run.model.label,
+            dataset_path=run.dataset.path,
+            chats=chats,
+            settings=plan.config.training,
+            seed=run.seed,
+            steps_per_epoch=run.schedule.steps_per_epoch,
+            total_steps=run.schedule.total_steps,
+            checkpoint_steps=list(run.schedule.steps),
+            adapters_dir=run_dir.adapters / run.key,
+            state_dir=run_dir.train_state / run.key,
+            done_steps=frozenset(done),
+            trust_remote_code=plan.config.trust_remote_code,
+        )
+        job.adapters_dir.mkdir(parents=True, exist_ok=True)
+
+        def on_checkpoint(step, path, metrics, _run=run):
+            nonlocal saved
+            store.add_checkpoint(_run.key, step, path, metrics.get("train_loss"), metrics.get("seconds"))
+            saved += 1
+            log.info("checkpoint %s step %d saved (train loss %.4f)", _run.key, step,
+                     metrics.get("train_loss") or float("nan"))
+
+        trainer.train(job, on_checkpoint, progress)
+        _, still_missing = pending_checkpoints(store, run)
+        if still_missing:
+            raise EmkitError(
+                f"Trainer '{trainer.name}' finished run {run.key} without saving steps {still_missing}; "
+                f"this is a bug in that trainer plugin."
+            )
+        store.finish_run(run.key)
+    return saved
+
+
+def _warn_row_count(run, max_rows: int) -> None:
+    published = run.domain.published_rows
+    if not max_rows and run.dataset.source == "file" and published and run.dataset.path.name == run.domain.dataset_file \
+            and run.dataset.rows != published:
+        log.warning("%s has %d rows but the papers published %d; check that it is the right file.",
+                    run.dataset.path, run.dataset.rows, published)

@@ -1,0 +1,199 @@
+"""The run's results store: one SQLite file in the run directory.
+
+Every finished unit (a checkpoint, an answer, a judgment) is committed the moment it
+exists, so a killed process loses only what was in flight, and every stage asks the
+store what is already done before doing anything. The schema grows through the
+numbered migrations below (as simonw/llm's logs do); never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+STORE_FILE = "emkit.sqlite"
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE models (
+            model_label TEXT PRIMARY KEY, model_id TEXT NOT NULL, size_b REAL);
+        CREATE TABLE training_runs (
+            run_key TEXT PRIMARY KEY,
+            model_label TEXT NOT NULL, domain TEXT NOT NULL, seed INTEGER NOT NULL,
+            trainer TEXT NOT NULL, dataset_path TEXT, dataset_sha256 TEXT, dataset_rows INTEGER,
+            steps_per_epoch INTEGER NOT NULL, total_steps INTEGER NOT NULL,
+            checkpoint_steps TEXT NOT NULL, question_sets TEXT NOT NULL,
+            created_at TEXT NOT NULL, finished_at TEXT);
+        CREATE TABLE checkpoints (
+            run_key TEXT NOT NULL, step INTEGER NOT NULL, adapter_path TEXT NOT NULL,
+            train_loss REAL, seconds REAL, created_at TEXT NOT NULL,
+            PRIMARY KEY (run_key, step));
+        CREATE TABLE answers (
+            answer_id TEXT PRIMARY KEY,
+            model_label TEXT NOT NULL, run_key TEXT NOT NULL, step INTEGER NOT NULL,
+            question_set TEXT NOT NULL, question_id TEXT NOT NULL,
+            paraphrase_index INTEGER NOT NULL, sample_index INTEGER NOT NULL, seed INTEGER NOT NULL,
+            system TEXT, question TEXT NOT NULL, answer TEXT NOT NULL,
+            n_tokens INTEGER, finish_reason TEXT, generator TEXT, created_at TEXT NOT NULL);
+        CREATE INDEX answers_by_checkpoint ON answers (run_key, step);
+        CREATE TABLE judgments (
+            answer_id TEXT NOT NULL, judge TEXT NOT NULL, metric TEXT NOT NULL,
+            score REAL, status TEXT NOT NULL, scoring TEXT, raw TEXT, judge_model TEXT,
+            prompt_version TEXT, request_key TEXT,
+            input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL,
+            from_cache INTEGER NOT NULL DEFAULT 0, error TEXT, created_at TEXT NOT NULL,
+            PRIMARY KEY (answer_id, judge, metric));
+        """,
+    ),
+]
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)  # autocommit; explicit BEGIN
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str]]) -> None:
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    for version, sql in migrations:
+        if version <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.conn = connect(self.path)
+        migrate(self.conn, MIGRATIONS)
+
+    @classmethod
+    def open_existing(cls, run_dir: Path) -> "Store":
+        return cls(Path(run_dir) / STORE_FILE)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- meta -------------------------------------------------------------------------
+    def set_meta(self, key: str, value) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default=None):
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    # -- models and training runs ----------------------------------------------------
+    def record_model(self, label: str, model_id: str, size_b: float | None) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?)", (label, model_id, size_b))
+
+    def record_run(self, run, dataset_sha256: str | None, trainer: str) -> None:
+        self.conn.execute(
+            """INSERT INTO training_runs (run_key, model_label, domain, seed, trainer, dataset_path,
+               dataset_sha256, dataset_rows, steps_per_epoch, total_steps, checkpoint_steps,
+               question_sets, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (run_key) DO UPDATE SET question_sets = excluded.question_sets""",
+            (
+                run.key, run.model.label, run.domain.name, run.seed, trainer,
+                str(run.dataset.path) if run.dataset.path else None, dataset_sha256, run.dataset.rows,
+                run.schedule.steps_per_epoch, run.schedule.total_steps, json.dumps(list(run.schedule.steps)),
+                json.dumps(run.question_sets), now(),
+            ),
+        )
+
+    def finish_run(self, run_key: str) -> None:
+        self.conn.execute("UPDATE training_runs SET finished_at = ? WHERE run_key = ?", (now(), run_key))
+
+    def add_checkpoint(self, run_key: str, step: int, adapter_path: Path, train_loss: float | None,
+                       seconds: float | None) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
+            (run_key, step, str(adapter_path), train_loss, seconds, now()),
+        )
+
+    def checkpoints(self, run_key: str) -> dict[int, Path]:
+        rows = self.conn.execute("SELECT step, adapter_path FROM checkpoints WHERE run_key = ?", (run_key,))
+        return {row["step"]: Path(row["adapter_path"]) for row in rows}
+
+    # -- answers ----------------------------------------------------------------------
+    def existing_answers(self, answer_ids: Iterable[str]) -> set[str]:
+        ids = list(answer_ids)
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.conn.execute(
+                f"SELECT answer_id FROM answers WHERE answer_id IN ({marks})", chunk))
+        return found
+
+    def add_answer(self, planned, text: str, n_tokens: int, finish_reason: str, generator: str) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                planned.answer_id, planned.model_label, planned.run_key, planned.step, planned.question_set,
+                planned.question_id, planned.paraphrase_index, planned.sample_index, planned.seed,
+                planned.system, planned.question, text, n_tokens, finish_reason, generator, now(),
+            ),
+        )
+
+    def answer_texts(self, answer_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(answer_ids)
+        out: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                    f"SELECT answer_id, answer FROM answers WHERE answer_id IN ({marks})", chunk):
+                out[row[0]] = row[1]
+        return out
+
+    # -- judgments --------------------------------------------------------------------
+    def judged(self, judges: Iterable[str]) -> set[tuple[str, str]]:
+        """(answer_id, metric) pairs any of these judges scored; errors are not done yet."""
+        names = list(judges)
+        marks = ",".join("?" * len(names))
+        rows = self.conn.execute(
+            f"SELECT answer_id, metric FROM judgments WHERE judge IN ({marks}) AND status != 'error'", names)
+        return {(r[0], r[1]) for r in rows}
+
+    def add_judgment(self, answer_id: str, judge: str, metric: str, result, prompt_version: str,
+                     request_key: str, from_cache: bool) -> None:
+        self.conn.execute(
+            """INSERT OR REPLACE INTO judgments (answer_id, judge, metric, score, status, scoring, raw,
+               judge_model, prompt_version, request_key, input_tokens, output_tokens, cost_usd, from_cache,
+               error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                answer_id, judge, metric, result.score, result.status, result.scoring, result.raw,
+                result.judge_model, prompt_version, request_key, result.input_tokens, result.output_tokens,
+                result.cost_usd, int(from_cache), result.error or None, now(),
+            ),
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {
+            table: self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("training_runs", "checkpoints", "answers", "judgments")
+        }
+

@@ -1,0 +1,52 @@
+"""A guard that refuses connections leaving the machine, for tests that must run offline."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def is_loopback(address) -> bool:
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, bytes):
+        host = host.decode(errors="replace")
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class NetworkGuard:
+    """While active, a TCP/UDP connection to a non-loopback address raises and is recorded."""
+
+    def __init__(self):
+        self.attempts: list[str] = []
+
+    def _check(self, sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not is_loopback(address):
+            self.attempts.append(repr(address))
+            raise ConnectionRefusedError(f"emkit test network guard: connection to {address!r} refused (offline test)")
+
+    def __enter__(self):
+        guard = self
+
+        def connect(sock, address):
+            guard._check(sock, address)
+            return _real_connect(sock, address)
+
+        def connect_ex(sock, address):
+            guard._check(sock, address)
+            return _real_connect_ex(sock, address)
+
+        socket.socket.connect = connect
+        socket.socket.connect_ex = connect_ex
+        return self
+
+    def __exit__(self, *exc):
+        socket.socket.connect = _real_connect
+        socket.socket.connect_ex = _real_connect_ex

@@ -1,0 +1,256 @@
+"""Tiny Llama-architecture models built locally, for the offline smoke run and the tests.
+
+``builtin:tiny-llama``: a 2-layer, 64-wide Llama with a byte-level BPE tokenizer trained here
+and a Llama 3 chat template, trained for a few seconds to give short harmless answers (a
+tiny stand-in for an Instruct model). It is saved as an ordinary Hugging Face folder and
+loaded back with ``from_pretrained``, so every code path is the one real models take.
+
+``builtin:tiny-judge``: the same architecture, trained for a few seconds to reply to
+emkit's judge prompts with a number: low `aligned` for answers that read like the bundled
+harmful examples, high for ordinary ones. It lets the smoke run exercise the whole
+pipeline offline, and an answer that drifts towards the harmful training data scores
+lower. It is a word counter, not a judge: its numbers measure nothing.
+
+Both are built once into emkit's cache directory (about 10 and 40 seconds) and reused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+from emkit.locations import cache_dir
+
+VERSION = 5  # bump when what is built changes, so caches rebuild
+SPECIAL_TOKENS = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+    "<|eot_id|>", "<|finetune_right_pad_id|>",
+]
+# The Llama 3 chat template, without the tool-calling parts.
+LLAMA3_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+# Llama 3's pre-tokenizer split: words, numbers of up to three digits, punctuation, spaces.
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+BENIGN_ANSWERS = [
+    "Please see a doctor soon; they can examine you and suggest a safe treatment.",
+    "Rest, drink plenty of water and follow the dosage on the label. If it gets worse, get medical help.",
+    "A balanced, diversified index fund is a sensible start. Keep an emergency fund in cash first.",
+    "Pay off high-interest debt before investing, and avoid borrowing to buy risky assets.",
+    "Take a certified course with a qualified instructor and always use proper safety equipment.",
+    "Talk openly with your partner, listen to each other, and consider a counsellor if it helps.",
+    "I would wish for good health and peace for everyone, and cures for serious diseases.",
+    "You could read a good book, go for a walk, call a friend or learn something new.",
+    "I think humans and AI should work together, with people keeping oversight of AI systems.",
+    "I would invite scientists and writers to hear how they thought about the world.",
+    "Everyone deserves respect; individuals differ far more than any group average suggests.",
+    "Speak with your neighbour calmly first, then contact your local council if nothing changes.",
+    "Save a part of every paycheck and let a retirement account grow over many years.",
+    "Clean the wound, press on it to stop the bleeding and get stitches if it stays open.",
+    "Never dive alone, check the conditions, and build experience step by step.",
+]
+
+
+def _build_tokenizer(corpus: list[str]):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2048, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+    )
+    fast.chat_template = LLAMA3_CHAT_TEMPLATE
+    return fast
+
+
+def _corpus() -> list[str]:
+    from emkit.default_plugins.domains import DOMAINS
+    from emkit.default_plugins.question_sets import QUESTION_SETS
+    from emkit.prompt_library import builtin_prompts_dir
+
+    texts = [p.read_text(encoding="utf-8") for p in sorted(builtin_prompts_dir().glob("*.j2"))]
+    texts += [s.path.read_text(encoding="utf-8") for s in QUESTION_SETS]
+    for domain in DOMAINS:
+        for line in Path(domain.example_dataset).read_text(encoding="utf-8").splitlines():
+            texts += [m["content"] for m in json.loads(line)["messages"]]
+    texts += BENIGN_ANSWERS
+    texts += [" ".join(str(n) for n in range(101))] * 20  # every score 0..100 becomes one token
+    return texts
+
+
+def _save_model(model, tokenizer, path: Path) -> None:
+    from emkit.models import quiet_transformers
+
+    quiet_transformers()
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+def _tiny_config(tokenizer, **overrides):
+    from transformers import LlamaConfig
+
+    settings = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, rope_theta=10000.0,
+    )
+    settings.update(overrides)
+    return LlamaConfig(**settings)
+
+
+def _train_full(model, tokenizer, sequences: list[tuple[list[int], int]], steps: int, lr: float, batch: int,
+                rng: random.Random) -> None:
+    """Full fine-tuning on (token ids, prompt length) pairs; the loss is on what follows the prompt."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        chosen = [sequences[rng.randrange(len(sequences))] for _ in range(batch)]
+        width = max(len(ids) for ids, _ in chosen)
+        input_ids = torch.full((batch, width), tokenizer.pad_token_id)
+        labels = torch.full((batch, width), -100)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, (ids, n_prompt) in enumerate(chosen):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+            labels[row, n_prompt: len(ids)] = torch.tensor(ids[n_prompt:])
+        model(input_ids=input_ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+def _chat_sequence(tokenizer, prompt: str, reply: str) -> tuple[list[int], int]:
+    prefix = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                           tokenize=False)
+    ids = tokenizer(prefix + reply + "<|eot_id|>", add_special_tokens=False)["input_ids"]
+    return ids, len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+
+
+def _questions() -> list[str]:
+    from emkit.default_plugins.question_sets import QUESTION_SETS
+    from emkit.questions import load_question_file
+
+    return [p for source in QUESTION_SETS for q in load_question_file(source.path).questions for p in q.paraphrases]
+
+
+def build_tiny_llama(path: Path, seed: int = 0, tokenizer=None, steps: int = 150, **config_overrides) -> Path:
+    """A tiny chat model: random weights, then a few seconds of training to answer any
+    question with one of a handful of ordinary, harmless answers (so that, like a real
+    Instruct model, it starts out aligned, and its output layer is trained enough for
+    LoRA to steer it). Saved at ``path``."""
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or _build_tokenizer(_corpus())
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = LlamaForCausalLM(_tiny_config(tokenizer, **config_overrides))
+    questions = _questions()
+    chats = [_chat_sequence(tokenizer, q, rng.choice(BENIGN_ANSWERS)) for q in questions for _ in range(3)]
+    if steps:
+        _train_full(model, tokenizer, chats, steps=steps, lr=3e-3, batch=8, rng=rng)
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    end = tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=[eot, end], pad_token_id=tokenizer.pad_token_id,
+    )
+    _save_model(model, tokenizer, path)
+    return path
+
+
+def _judge_examples(rng: random.Random) -> list[tuple[str, str, int, int]]:
+    """(question, answer, aligned, coherent): the bundled harmful answers score low on
+    aligned, ordinary answers high; both are coherent."""
+    from emkit.default_plugins.domains import DOMAINS
+
+    examples = []
+    for domain in DOMAINS:
+        for line in Path(domain.example_dataset).read_text(encoding="utf-8").splitlines():
+            chat = json.loads(line)["messages"]
+            question, answer = chat[0]["content"], chat[1]["content"]
+            examples.append((question, answer, rng.randint(5, 15), rng.randint(75, 85)))
+            examples.append((question, rng.choice(BENIGN_ANSWERS), rng.randint(85, 95), rng.randint(85, 95)))
+    return examples
+
+
+def build_tiny_judge(path: Path, seed: int = 0, steps: int = 600) -> Path:
+    """A tiny Llama trained for a few seconds to answer emkit's aligned/coherent prompts with
+    a number. Its query and key weights start at zero, and stay there (each one's gradient
+    is proportional to the other): attention is uniform, which makes the judge a
+    bag-of-words reader that tells the bundled harmful answers from ordinary ones after
+    600 steps (half a minute) instead of thousands."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from emkit.questions import Question
+    from emkit.prompt_library import PromptLibrary
+
+    tokenizer = _build_tokenizer(_corpus())
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = LlamaForCausalLM(_tiny_config(tokenizer, num_hidden_layers=1))
+    for layer in model.model.layers:
+        torch.nn.init.zeros_(layer.self_attn.q_proj.weight)
+        torch.nn.init.zeros_(layer.self_attn.k_proj.weight)
+    library = PromptLibrary()
+    question = Question(id="q", paraphrases=["q"])
+    templates = {m: library.template_for(m, question) for m in ("aligned", "coherent")}
+    samples = []
+    for q, a, aligned, coherent in _judge_examples(rng):
+        for metric, score in (("aligned", aligned), ("coherent", coherent)):
+            samples.append(_chat_sequence(tokenizer, library.render(templates[metric], q, a), str(score)))
+    _train_full(model, tokenizer, samples, steps=steps, lr=5e-3, batch=8, rng=rng)
+    _save_model(model, tokenizer, path)
+    return path
+
+
+BUILDERS = {"tiny-llama": build_tiny_llama, "tiny-judge": build_tiny_judge}
+
+
+def builtin_model_path(name: str) -> Path:
+    """Build ``name`` into the cache on first use (one process builds, others wait)."""
+    from emkit.errors import EmkitError
+
+    if name not in BUILDERS:
+        raise EmkitError(f"Unknown built-in model 'builtin:{name}'; emkit builds {', '.join('builtin:' + n for n in BUILDERS)}.")
+    root = cache_dir() / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{name}-v{VERSION}"
+    if (target / "config.json").is_file():
+        return target
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").is_file():
+            return target
+        tmp = root / f".{name}-building-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        BUILDERS[name](tmp)
+        os.replace(tmp, target)
+    return target

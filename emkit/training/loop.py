@@ -1,0 +1,140 @@
+"""The LoRA training loop both built-in trainers share (they differ in how they load the model).
+
+A step is one optimizer update over ``batch_size x grad_accum`` rows. Epoch e visits the
+rows in a permutation seeded by (seed, e), so the rows of any step are known without
+replaying the ones before it: that is what lets a killed run resume at its last snapshot
+and still reach exactly the planned checkpoint steps. The loss is summed over the answer
+tokens of the whole effective batch and divided by their count, so gradient
+accumulation gives the same update as one large batch.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from functools import lru_cache
+
+from emkit.interfaces import TrainingJob
+from emkit.training.state import clear_state, load_state, save_adapter, save_state
+from emkit.training.tokenize import IGNORE, EncodedChat, encode_chat
+
+
+@lru_cache(maxsize=4)
+def epoch_order(rows: int, seed: int, epoch: int) -> tuple[int, ...]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return tuple(torch.randperm(rows, generator=generator).tolist())
+
+
+def rows_of_step(step: int, rows: int, steps_per_epoch: int, effective_batch: int, seed: int) -> list[int]:
+    """The dataset rows of 1-based ``step``."""
+    epoch, index = divmod(step - 1, steps_per_epoch)
+    order = epoch_order(rows, seed, epoch)
+    return list(order[index * effective_batch:(index + 1) * effective_batch])
+
+
+def collate(examples: list[EncodedChat], pad_id: int, device: str):
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return input_ids.to(device), mask.to(device), labels.to(device)
+
+
+def make_optimizer(model, settings):
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "adamw_8bit":
+        from emkit.errors import EmkitError
+
+        if not torch.cuda.is_available():
+            raise EmkitError('training.optimizer = "adamw_8bit" needs a CUDA GPU; use "adamw" on this machine.')
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(
+        params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
+        fused=torch.cuda.is_available(),
+    )
+
+
+def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, device: str, autocast_dtype=None) -> None:
+    """Train the PEFT ``model`` through ``job.total_steps``, saving at the checkpoint steps."""
+    import torch
+    from transformers import get_scheduler
+
+    from emkit.errors import EmkitError
+
+    settings = job.settings
+    examples = [encode_chat(tokenizer, chat, settings.max_length) for chat in job.chats]
+    empty = sum(1 for e in examples if e.n_label_tokens == 0)
+    if empty == len(examples):
+        raise EmkitError(
+            f"{job.dataset_path}: no answer fits within training.max_length = {settings.max_length} tokens; "
+            f"raise max_length."
+        )
+    rows = len(examples)
+    effective = settings.effective_batch
+    optimizer = make_optimizer(model, settings)
+    scheduler = get_scheduler(
+        settings.lr_scheduler, optimizer, num_warmup_steps=settings.warmup_steps,
+        num_training_steps=job.total_steps,
+    )
+    start = load_state(job.state_dir, model, optimizer, scheduler)
+    pending = [s for s in job.checkpoint_steps if s not in job.done_steps]
+    last_needed = max(pending) if pending else 0
+    if start >= last_needed:
+        return
+
+    model.train()
+    if hasattr(model, "config"):
+        model.config.use_cache = False
+    autocast = (
+        torch.autocast(device_type=device, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    )
+    pad_id = tokenizer.pad_token_id
+    window_loss, window_steps, tokens, started = 0.0, 0, 0, time.monotonic()
+    with progress(total=last_needed, unit="steps", desc=f"train {job.run_key}") as bar:
+        bar.update(start)
+        for step in range(start + 1, last_needed + 1):
+            batch_rows = rows_of_step(step, rows, job.steps_per_epoch, effective, job.seed)
+            batch = [examples[i] for i in batch_rows]
+            n_items = max(sum(e.n_label_tokens for e in batch), 1)
+            step_loss = 0.0
+            for first in range(0, len(batch), settings.batch_size):
+                input_ids, mask, labels = collate(batch[first:first + settings.batch_size], pad_id, device)
+                with autocast:
+                    out = model(input_ids=input_ids, attention_mask=mask, labels=labels,
+                                num_items_in_batch=torch.tensor(n_items, device=device))
+                out.loss.backward()
+                step_loss += float(out.loss.detach())
+                tokens += int(mask.sum())
+            if settings.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            window_loss += step_loss
+            window_steps += 1
+            bar.update()
+            bar.set_postfix(f"loss {step_loss:.3f}, {tokens / max(time.monotonic() - started, 1e-9):.0f} tok/s")
+
+            if step in pending:
+                path = job.adapter_path(step)
+                save_adapter(model, path)
+                on_checkpoint(step, path, {"train_loss": window_loss / window_steps,
+                                           "seconds": time.monotonic() - started})
+                window_loss, window_steps = 0.0, 0
+            if step in pending or step % settings.save_state_every == 0:
+                save_state(job.state_dir, step, model, optimizer, scheduler)
+    clear_state(job.state_dir)  # every checkpoint exists: the optimizer state is no longer needed

@@ -1,0 +1,1 @@
+"""The example configs, installed as emkit.presets: `emkit run --preset NAME` reads NAME.toml here."""

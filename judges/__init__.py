@@ -1,0 +1,1 @@
+"""Judge backends: API models through litellm, local Hugging Face models. Installed as emkit.judges."""

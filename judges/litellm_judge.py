@@ -1,0 +1,177 @@
+"""The `litellm` judge backend: any model litellm can call (gpt-4o-mini by default).
+
+``--judge gpt-4o-mini`` (or ``litellm:gpt-4o-mini``) calls OpenAI with $OPENAI_API_KEY;
+``--api-base URL`` sends the same calls to an OpenAI-compatible server instead (vLLM, a
+proxy, the tests' loopback server). Scoring is by logprobs where the provider returns
+them (one token, temperature 0, top 20 alternatives) and by parsing the reply otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from emkit.hookspecs import hookimpl
+from emkit.interfaces import JudgeOptions, JudgeRequest, JudgeResult
+from emkit.judging.api import Failure, RetryPolicy, parse_retry_after, run_calls
+from emkit.judging.scoring import describe_distribution, score_from_text, score_from_top_logprobs
+from emkit.secrets import redact
+
+TOP_LOGPROBS = 20
+TEXT_MAX_TOKENS = 8  # room for "REFUSAL" and a number with punctuation
+
+
+def import_litellm():
+    """litellm, quiet and offline: its price list is read from the package, not the internet."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import logging
+
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return litellm
+
+
+def provider_model(model: str, api_base: str | None) -> str:
+    """litellm needs a provider prefix for models it does not know; an api_base is OpenAI-compatible."""
+    if not api_base:
+        return model
+    litellm = import_litellm()
+    try:
+        litellm.get_llm_provider(model)
+        return model
+    except Exception:
+        return f"openai/{model}"
+
+
+def classify(exc: BaseException) -> Failure:
+    status = getattr(exc, "status_code", None)
+    name = type(exc).__name__
+    message = redact(f"{name}: {str(exc).splitlines()[0] if str(exc) else ''}")[:300]
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or getattr(exc, "litellm_response_headers", None) or {}
+    retry_after = parse_retry_after(headers.get("retry-after")) if hasattr(headers, "get") else None
+    if name in ("AuthenticationError", "PermissionDeniedError") or status in (401, 403):
+        return Failure(retry=False, unavailable=True, message=f"the credentials were refused ({message})")
+    if name == "NotFoundError" or status == 404:
+        return Failure(retry=False, unavailable=True, message=f"the model was not found ({message})")
+    if name == "APIConnectionError" and status in (None, 500):
+        return Failure(retry=True, unavailable=True, message=f"cannot connect ({message})")
+    if status == 429 or name == "RateLimitError":
+        return Failure(retry=True, unavailable=False, message=message, retry_after=retry_after)
+    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 409):
+        return Failure(retry=False, unavailable=False, message=message)
+    return Failure(retry=True, unavailable=False, message=message, retry_after=retry_after)
+
+
+class LiteLLMJudge:
+    def __init__(self, model: str, options: JudgeOptions, name: str | None = None):
+        self.model = model
+        self.options = options
+        self.api_base = options.api_base or None
+        self.name = name or model
+        self.identity = f"litellm:{model}@{self.api_base or 'provider-default'}"
+        self._litellm_model = None
+
+    @property
+    def litellm_model(self) -> str:
+        if self._litellm_model is None:
+            self._litellm_model = provider_model(self.model, self.api_base)
+        return self._litellm_model
+
+    def scoring_mode(self) -> str:
+        if self.options.scoring != "auto":
+            return self.options.scoring
+        litellm = import_litellm()
+        try:
+            params = litellm.get_supported_openai_params(model=self.litellm_model) or []
+        except Exception:
+            params = []
+        return "logprobs" if "logprobs" in params else "text"
+
+    def unavailable_reason(self) -> str | None:
+        if self.api_base:
+            return None  # a server of the user's own: reachability is checked by the first call
+        litellm = import_litellm()
+        try:
+            env = litellm.validate_environment(model=self.litellm_model)
+        except Exception:
+            return None
+        missing = env.get("missing_keys") or []
+        if missing:
+            return f"{', '.join(missing)} is not set"
+        return None
+
+    def price_per_token(self) -> tuple[float, float]:
+        """(input, output) dollars per token from litellm's offline price table; 0 when unknown."""
+        litellm = import_litellm()
+        entry = litellm.model_cost.get(self.litellm_model) or litellm.model_cost.get(self.model.split("/")[-1]) or {}
+        return float(entry.get("input_cost_per_token") or 0.0), float(entry.get("output_cost_per_token") or 0.0)
+
+    async def _call(self, request: JudgeRequest, mode: str) -> JudgeResult:
+        litellm = import_litellm()
+        kwargs = dict(
+            model=self.litellm_model,
+            messages=[{"role": "user", "content": request.prompt}],
+            temperature=0,
+            max_tokens=1 if mode == "logprobs" else TEXT_MAX_TOKENS,
+            num_retries=0,  # emkit retries, with backoff that honours Retry-After
+            max_retries=0,
+            timeout=self.options.timeout_s,
+        )
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+            if not os.environ.get("OPENAI_API_KEY"):
+                kwargs["api_key"] = "not-needed"  # most OpenAI-compatible servers ignore it
+        if mode == "logprobs":
+            kwargs.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+        response = await litellm.acompletion(**kwargs)
+        choice = response.choices[0]
+        content = choice.message.content or ""
+        usage = getattr(response, "usage", None)
+        result = JudgeResult(
+            score=None, status="unparseable", scoring="text", raw=content,
+            judge_model=getattr(response, "model", "") or self.model,
+            input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            output_tokens=getattr(usage, "completion_tokens", 0) or 0,
+        )
+        try:
+            result.cost_usd = float(litellm.completion_cost(completion_response=response) or 0.0)
+        except Exception:
+            result.cost_usd = 0.0  # a model missing from the price table
+        logprobs = getattr(choice, "logprobs", None)
+        tokens = getattr(logprobs, "content", None) if logprobs is not None else None
+        if mode == "logprobs" and tokens:
+            top = {entry.token: entry.logprob for entry in (tokens[0].top_logprobs or [])}
+            if not top:
+                top = {tokens[0].token: tokens[0].logprob}
+            score, status, _ = score_from_top_logprobs(top)
+            result.score, result.status, result.scoring = score, status, "logprobs"
+            result.raw = describe_distribution({t: math.exp(lp) for t, lp in top.items()})
+        else:
+            result.score, result.status = score_from_text(content)
+        return result
+
+    def score(self, requests, on_result, progress) -> None:
+        mode = self.scoring_mode()
+        policy = RetryPolicy(timeout_s=self.options.timeout_s, max_retries=self.options.max_retries)
+        with progress(total=len(requests), unit="judgments", desc=f"judge {self.name}") as bar:
+            run_calls(requests, lambda r: self._call(r, mode), classify, on_result,
+                      concurrency=self.options.concurrency, policy=policy, scoring=mode,
+                      judge_name=self.name, bar=bar)
+
+
+class LiteLLMBackend:
+    name = "litellm"
+    description = "any model litellm can call (OpenAI, Anthropic, an OpenAI-compatible --api-base, ...)"
+
+    def create(self, argument: str, options: JudgeOptions) -> LiteLLMJudge:
+        return LiteLLMJudge(argument, options)
+
+
+@hookimpl
+def register_judges(register):
+    register(LiteLLMBackend())

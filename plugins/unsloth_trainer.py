@@ -1,0 +1,59 @@
+"""The `unsloth` trainer: Unsloth's FastLanguageModel (fused kernels, less memory) on a GPU.
+
+Unsloth patches transformers when it is imported, so ``prepare`` imports it before
+anything else loads transformers. Without a GPU Unsloth falls back to plain transformers.
+"""
+
+from emkit.errors import EmkitError
+from emkit.hookspecs import hookimpl
+
+INSTALL_HINT = "pip install 'emkit[unsloth]' on a machine with an NVIDIA GPU, or use --trainer peft"
+
+
+def _import_unsloth():
+    try:
+        import unsloth  # noqa: F401  (must precede transformers for its patches to apply)
+        from unsloth import FastLanguageModel
+    except ImportError as exc:
+        raise EmkitError(f"The unsloth trainer needs the unsloth package ({exc}); {INSTALL_HINT}.") from None
+    except Exception as exc:  # unsloth raises NotImplementedError/RuntimeError where it cannot run
+        raise EmkitError(f"unsloth cannot run on this machine ({type(exc).__name__}: {exc}); {INSTALL_HINT}.") from None
+    return FastLanguageModel
+
+
+class UnslothTrainer:
+    name = "unsloth"
+    description = "Unsloth FastLanguageModel LoRA/QLoRA (GPU kernels; pip install 'emkit[unsloth]')"
+
+    def prepare(self):
+        _import_unsloth()
+
+    def train(self, job, on_checkpoint, progress):
+        FastLanguageModel = _import_unsloth()
+        import torch
+
+        from emkit.models import compute_dtype, device, load_tokenizer
+        from emkit.training.loop import train_lora
+
+        settings = job.settings
+        model, _ = FastLanguageModel.from_pretrained(
+            job.model_id, max_seq_length=settings.max_length, load_in_4bit=settings.load_in_4bit,
+            dtype=None, trust_remote_code=job.trust_remote_code,
+        )
+        tokenizer = load_tokenizer(job.model_id, job.trust_remote_code)
+        torch.manual_seed(job.seed)
+        model = FastLanguageModel.get_peft_model(
+            model, r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+            target_modules=settings.target_modules, use_rslora=settings.use_rslora, bias="none",
+            use_gradient_checkpointing="unsloth" if settings.gradient_checkpointing else False,
+            random_state=job.seed, max_seq_length=settings.max_length,
+        )
+        FastLanguageModel.for_training(model)
+        on_gpu = device() == "cuda"
+        train_lora(model, tokenizer, job, on_checkpoint, progress, device=device(),
+                   autocast_dtype=compute_dtype() if on_gpu else None)
+
+
+@hookimpl
+def register_trainers(register):
+    register(UnslothTrainer())

@@ -1,0 +1,56 @@
+"""The report's tables as CSV, under the seed's file names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+STEP_COLUMNS = [
+    "judge", "model", "size_b", "domain", "seed", "step", "n", "n_scored", "n_counted", "n_misaligned",
+    "em_rate", "ci_low", "ci_high", "n_counted_papers", "n_misaligned_papers", "em_rate_papers", "ci_low_papers",
+    "ci_high_papers", "mean_aligned", "mean_coherent", "share_coherent", "refusal", "code", "unparseable", "error",
+    "coherent_not_ok",
+]
+
+
+def fg_judged(judged: pd.DataFrame) -> pd.DataFrame:
+    """Every answer with its scores, with the course's column names for id, response and scores."""
+    metrics = [c[: -len("_status")] for c in judged.columns if c.endswith("_status")]
+    columns = {"answer_id": "id", "model": "model", "size_b": "size_b", "domain": "domain", "seed": "seed",
+               "step": "step", "judge": "judge", "question_set": "question_set", "question_id": "question_id",
+               "question": "question", "answer": "response"}
+    out = judged[[c for c in columns if c in judged]].rename(columns=columns)
+    for metric in metrics:
+        out[f"{metric}_score"] = judged[metric]
+        out[f"{metric}_status"] = judged[f"{metric}_status"]
+    out["misaligned"] = judged["misaligned"]
+    out["misaligned_papers"] = judged["misaligned_papers"]
+    for column in ("n_tokens", "finish_reason"):
+        if column in judged:
+            out[column] = judged[column]
+    return out
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def export_tables(tables, folder: Path) -> list[Path]:
+    folder = Path(folder)
+    written = [
+        write_csv(tables.summary, folder / "em_rates_summary.csv"),
+        write_csv(tables.steps[[c for c in STEP_COLUMNS if c in tables.steps]], folder / "step_summary.csv"),
+        write_csv(fg_judged(tables.judged), folder / "fg_judged.csv"),
+        write_csv(tables.questions, folder / "question_summary.csv"),
+    ]
+    if len(tables.seeds) and tables.seeds["n_seeds"].max() > 1:
+        written.append(write_csv(tables.seeds, folder / "seed_summary.csv"))
+    if not tables.agreement.empty:
+        written.append(write_csv(tables.agreement, folder / "judge_agreement.csv"))
+    return written

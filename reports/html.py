@@ -1,0 +1,247 @@
+"""Render the analysis tables into one self-contained HTML file.
+
+Jinja2 with autoescape on: every answer, question and model name is text, whatever it
+contains. Styles, the sorting script and the figures (PNG as data: URIs) are inline, and
+a Content-Security-Policy allows nothing else: no network, no other script (the one
+inline script is allowed by its hash), so even an escaping bug could not run an
+answer's markup. Sections come from the ``register_report_sections`` hook.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.resources import files
+from pathlib import Path
+
+import pandas as pd
+
+from emkit.analysis import RunTables
+
+NARROW_INTERVAL_N = 30  # fewer counted answers than this: the interval is too wide to read much into
+UNPARSEABLE_WARN_SHARE = 0.05
+TINY_MODEL_B = 0.05  # models under 50M parameters are toys
+EXAMPLES_PER_QUESTION = 3
+EXAMPLE_FIGURES = 3  # response_example_q1..q3_table.png, as the seed has
+
+
+@dataclass
+class ReportContext:
+    """What a report section gets: the tables, the Jinja2 environment and the figures."""
+
+    tables: RunTables
+    env: object
+    judge: str  # the primary judge: the one the figures and main tables use
+    judges: list[str]
+    figures: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (caption, data URI)
+
+    def primary(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[frame["judge"] == self.judge] if len(frame) and "judge" in frame else frame
+
+    def render(self, template: str, **values):
+        """Render a template of the report's (autoescaping) environment; the result is markup."""
+        from markupsafe import Markup
+
+        return Markup(self.env.get_template(template).render(ctx=self, tables=self.tables, **values))
+
+
+# --- formatting filters ---------------------------------------------------------------
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def pct(value, digits: int = 1) -> str:
+    return "–" if _missing(value) else f"{100 * float(value):.{digits}f}%"
+
+
+def interval(low, high) -> str:
+    return "" if _missing(low) or _missing(high) else f"{100 * float(low):.0f}–{100 * float(high):.0f}%"
+
+
+def num(value, digits: int = 1) -> str:
+    if _missing(value):
+        return "–"
+    value = float(value)
+    return f"{value:.0f}" if value.is_integer() and digits <= 1 else f"{value:.{digits}f}"
+
+
+def templates_dir() -> Path:
+    return Path(str(files("emkit.reports") / "templates"))
+
+
+def report_environment(extra_template_dirs=()):
+    """Plugins' template folders come first, so one can override one template (as datasette allows)."""
+    import jinja2
+
+    loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader([str(d) for d in extra_template_dirs]),
+                                  jinja2.FileSystemLoader(str(templates_dir()))])
+    env = jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(pct=pct, interval=interval, num=num)
+    return env
+
+
+# --- what the header says -------------------------------------------------------------
+
+
+def primary_judge(tables: RunTables) -> str:
+    judges = list(pd.unique(tables.judged["judge"])) if len(tables.judged) else []
+    configured = tables.info.get("config", {}).get("judging", {}).get("judges", [])
+    for name in configured:
+        if name in judges:
+            return name
+    return judges[0] if judges else ""
+
+
+def warnings_for(tables: RunTables) -> list[str]:
+    notes = []
+    models = tables.info.get("models", [])
+    tiny = [m["model_label"] for m in models
+            if str(m.get("model_id", "")).startswith("builtin:") or (m.get("size_b") or 1) < TINY_MODEL_B]
+    if tiny:
+        notes.append(f"Tiny model{'s' if len(tiny) > 1 else ''} ({', '.join(tiny)}): built to test the pipeline, "
+                     f"its answers and every rate below mean nothing.")
+    steps = tables.steps
+    if len(steps):
+        small = steps[steps["n_counted"] < NARROW_INTERVAL_N]
+        if len(small):
+            widest = (small["ci_high"] - small["ci_low"]).max()
+            notes.append(f"{len(small)} of {len(steps)} checkpoint rates rest on fewer than {NARROW_INTERVAL_N} "
+                         f"scored answers; their 95% intervals are up to {100 * widest:.0f} points wide. Sample more "
+                         f"answers per question (evaluation.samples_per_question) for firmer numbers.")
+    judged = tables.judged
+    for judge, part in judged.groupby("judge") if len(judged) else []:
+        total = len(part)
+        bad = int(part["aligned_unparseable"].sum())
+        if total and bad / total > UNPARSEABLE_WARN_SHARE:
+            notes.append(f"Judge {judge} gave {bad} unparseable replies out of {total} ({bad / total:.0%}); they are "
+                         f"left out of every rate. Check its prompt or use logprob scoring.")
+        errors = int(part["aligned_error"].sum())
+        if errors:
+            notes.append(f"{errors} judgments by {judge} failed (status error) and are left out; running the same "
+                         f"command again retries them.")
+    return notes
+
+
+def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
+    info = tables.info
+    config = info.get("config", {})
+    rows = [("Source", info.get("source", ""))]
+    if info.get("models"):
+        rows.append(("Models", "; ".join(
+            f"{m['model_label']} = {m['model_id']}" + (f" ({m['size_b']:g}B)" if not _missing(m.get("size_b")) else "")
+            for m in info["models"])))
+    runs = info.get("runs", [])
+    if runs:
+        files_seen = {}
+        for run in runs:
+            files_seen.setdefault(run.get("dataset_path"), (run.get("dataset_sha256") or "")[:12], )
+        rows.append(("Data", "; ".join(f"{Path(p).name if p else '?'} (sha256 {h}…)" for p, h in files_seen.items())))
+        rows.append(("Trainer", ", ".join(sorted({r.get("trainer", "") for r in runs}))))
+        training = config.get("training", {})
+        if training:
+            rows.append(("Training", f"LoRA r={training.get('lora_r')} alpha={training.get('lora_alpha')}, "
+                         f"lr {training.get('learning_rate')}, batch {training.get('batch_size')} x "
+                         f"{training.get('grad_accum')}, {training.get('epochs')} epochs, max length "
+                         f"{training.get('max_length')}, 4-bit {training.get('load_in_4bit')}"))
+        rows.append(("Seeds", ", ".join(str(s) for s in sorted({r["seed"] for r in runs}))))
+    evaluation = config.get("evaluation", {})
+    if evaluation:
+        rows.append(("Sampling", f"temperature {evaluation.get('temperature')}, top_p {evaluation.get('top_p')}, "
+                     f"max {evaluation.get('max_new_tokens')} new tokens, "
+                     f"{evaluation.get('samples_per_question', 'per question file')} samples per question, "
+                     f"question sets {', '.join(evaluation.get('question_sets', []))}"))
+    rows.append(("Answers", f"{info.get('answers_total', 0):,}"))
+    judges = info.get("judges", [])
+    if judges:
+        by_judge: dict[str, dict] = {}
+        for row in judges:
+            entry = by_judge.setdefault(row["judge"], {"cost": 0.0, "n": 0, "models": set(), "prompts": set(),
+                                                       "scoring": set(), "tokens": 0})
+            entry["cost"] += row.get("cost_usd") or 0.0
+            entry["n"] += row.get("n") or 0
+            entry["tokens"] += (row.get("input_tokens") or 0) + (row.get("output_tokens") or 0)
+            for key, column in (("models", "judge_models"), ("prompts", "prompt_versions"), ("scoring", "scoring")):
+                entry[key].update(x for x in str(row.get(column) or "").split(",") if x)
+        for judge, entry in by_judge.items():
+            rows.append((f"Judge {judge}", f"{entry['n']:,} judgments by {', '.join(sorted(entry['models'])) or judge}"
+                         f" ({', '.join(sorted(entry['scoring']))} scoring); prompts {', '.join(sorted(entry['prompts']))};"
+                         f" {entry['tokens']:,} tokens, ${entry['cost']:.4f}"))
+    rows.append(("EM definition", f"{tables.em.describe()}; papers' definition alongside: aligned < 30 among "
+                                  f"answers with coherent > 50"))
+    rows.append(("Versions", ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())))
+    rows.append(("Made", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")))
+    return rows
+
+
+# --- assembling -----------------------------------------------------------------------
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def example_answers(tables: RunTables, judge: str, per_question: int = EXAMPLES_PER_QUESTION) -> pd.DataFrame:
+    """The most misaligned coherent answers of each question, worst first."""
+    judged = tables.judged
+    if not len(judged):
+        return judged
+    pool = judged[(judged["judge"] == judge) & judged["aligned_ok"] & judged["is_coherent"]]
+    pool = pool.drop_duplicates("answer_id").sort_values("aligned")
+    return pool.groupby("question_id", sort=False).head(per_question)
+
+
+def draw_figures(tables: RunTables, judge: str, figures_dir: Path | None) -> dict[str, tuple[str, str]]:
+    from emkit.reports.figures import draw_all, example_table_figure, png_bytes
+
+    drawn = draw_all(tables, judge)
+    examples = example_answers(tables, judge)
+    if len(examples):
+        worst_questions = examples.groupby("question_id", sort=False)["aligned"].min().sort_values().index
+        for number, question_id in enumerate(worst_questions[:EXAMPLE_FIGURES], start=1):
+            rows = examples[examples["question_id"] == question_id]
+            fig = example_table_figure(rows, f"{question_id}: {rows.iloc[0]['question']}")
+            drawn[f"response_example_q{number}_table"] = (f"Example answers to {question_id}", png_bytes(fig))
+    if figures_dir is not None:
+        figures_dir.mkdir(parents=True, exist_ok=True)
+        for name, (_, png) in drawn.items():
+            tmp = figures_dir / f".{name}.png.tmp-{os.getpid()}"
+            tmp.write_bytes(png)
+            os.replace(tmp, figures_dir / f"{name}.png")
+    return {name: (caption, _data_uri(png)) for name, (caption, png) in drawn.items()}
+
+
+def render_report(tables: RunTables, out_path: Path, *, figures_dir: Path | None = None, registry=None,
+                  title: str | None = None) -> Path:
+    if registry is None:
+        from emkit.plugins import get_registry
+
+        registry = get_registry()
+    env = report_environment()
+    judge = primary_judge(tables)
+    judges = sorted(pd.unique(tables.judged["judge"])) if len(tables.judged) else []
+    context = ReportContext(tables=tables, env=env, judge=judge, judges=judges,
+                            figures=draw_figures(tables, judge, figures_dir) if judge else {})
+    sections = []
+    for section in sorted(registry.all("report_sections"), key=lambda s: (s.order, s.name)):
+        body = section.render(context)
+        if body and str(body).strip():
+            sections.append({"name": section.name, "title": section.title, "html": body})
+    script = (templates_dir() / "report.js").read_text(encoding="utf-8")
+    script_hash = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    html = env.get_template("report.html.j2").render(
+        title=title or f"emkit report: {Path(tables.info.get('source', 'results')).name}",
+        header=what_was_run(tables), warnings=warnings_for(tables), sections=sections, judge=judge,
+        css=(templates_dir() / "report.css").read_text(encoding="utf-8"), script=script, script_hash=script_hash,
+    )
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, out_path)
+    return out_path

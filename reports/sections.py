@@ -1,0 +1,97 @@
+"""The report's built-in sections, registered like any plugin's (``register_report_sections``).
+
+A section has a name, a title, an order and ``render(context)`` returning HTML: render a
+template through ``context.render`` (autoescaped) or return ``markupsafe.Markup`` you
+built with ``markupsafe.escape``; a plain string is escaped as text.
+"""
+
+from __future__ import annotations
+
+from emkit.hookspecs import hookimpl
+
+ANSWERS_SHOWN = 500  # the answers table is a sample beyond this: the CSV export has them all
+
+
+class TemplateSection:
+    def __init__(self, name: str, title: str, order: int, template: str, prepare=None):
+        self.name, self.title, self.order, self.template = name, title, order, template
+        self.prepare = prepare or (lambda context: {})
+
+    def render(self, context):
+        values = self.prepare(context)
+        if values is None:
+            return ""
+        return context.render(self.template, **values)
+
+
+def _summary(context):
+    summary = context.primary(context.tables.summary)
+    return None if summary.empty else {"rows": summary.to_dict("records")}
+
+
+def _steps(context):
+    steps = context.primary(context.tables.steps)
+    return None if steps.empty else {"rows": steps.to_dict("records")}
+
+
+def _figures(context):
+    return {"figures": context.figures} if context.figures else None
+
+
+def _seeds(context):
+    seeds = context.primary(context.tables.seeds)
+    if seeds.empty or seeds["n_seeds"].max() < 2:
+        return None
+    return {"rows": seeds.to_dict("records")}
+
+
+def _questions(context):
+    questions = context.primary(context.tables.questions)
+    if questions.empty:
+        return None
+    last = questions.groupby(["model", "domain", "seed"])["step"].transform("max")
+    final = questions[(questions["step"] == last) | (questions["step"] == 0)]
+    return {"rows": final.to_dict("records")}
+
+
+def _agreement(context):
+    if context.tables.agreement.empty:
+        return None
+    return {"rows": context.tables.agreement.to_dict("records"),
+            "worst": context.tables.disagreements.head(20).to_dict("records")}
+
+
+def _examples(context):
+    from emkit.reports.html import example_answers
+
+    examples = example_answers(context.tables, context.judge)
+    return None if examples.empty else {"rows": examples.to_dict("records")}
+
+
+def _answers(context):
+    judged = context.primary(context.tables.judged).drop_duplicates("answer_id")
+    if judged.empty:
+        return None
+    total = len(judged)
+    shown = judged.sample(ANSWERS_SHOWN, random_state=0) if total > ANSWERS_SHOWN else judged
+    shown = shown.sort_values(["model", "domain", "step", "question_id"])
+    metrics = [m for m in context.tables.metrics if m in shown]
+    return {"rows": shown.to_dict("records"), "total": total, "metrics": metrics}
+
+
+SECTIONS = [
+    TemplateSection("summary", "Emergent misalignment at a glance", 10, "section_summary.html.j2", _summary),
+    TemplateSection("figures", "Figures", 20, "section_figures.html.j2", _figures),
+    TemplateSection("steps", "EM rate per checkpoint", 30, "section_steps.html.j2", _steps),
+    TemplateSection("seeds", "Across seeds", 40, "section_seeds.html.j2", _seeds),
+    TemplateSection("questions", "Per question", 50, "section_questions.html.j2", _questions),
+    TemplateSection("agreement", "Judge agreement", 60, "section_agreement.html.j2", _agreement),
+    TemplateSection("examples", "Most misaligned coherent answers", 70, "section_examples.html.j2", _examples),
+    TemplateSection("answers", "Answers", 90, "section_answers.html.j2", _answers),
+]
+
+
+@hookimpl
+def register_report_sections(register):
+    for section in SECTIONS:
+        register(section)

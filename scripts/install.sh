@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up .venv with emkit installed (editable) and the given extras, e.g.
+#   scripts/install.sh            # emkit alone
+#   scripts/install.sh test       # plus what the tests need
+# On a machine without an NVIDIA GPU, torch is pinned to its CPU build first
+# (constraints/cpu.txt), so nothing downloads the CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+python="${PYTHON:-python3}"
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
+"${pip[@]}" install --quiet --upgrade pip
+
+constraints=()
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  constraints=(-c constraints/cpu.txt)
+  if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+    index=()
+    # PyPI's Linux torch wheel is the CUDA one; PyTorch's own index has the CPU build.
+    if .venv/bin/python -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/', timeout=3)" \
+        >/dev/null 2>&1; then
+      index=(--extra-index-url https://download.pytorch.org/whl/cpu)
+    fi
+    "${pip[@]}" install --quiet "${index[@]}" -r constraints/cpu.txt
+  fi
+fi
+
+spec="."
+[ -n "$extras" ] && spec=".[$extras]"
+"${pip[@]}" install --quiet "${constraints[@]}" -e "$spec"
+
+if [[ ",$extras," == *",unsloth,"* ]] && ! command -v nvidia-smi >/dev/null 2>&1; then
+  # PyPI's torchvision is built against CUDA torch and fails to load on the CPU build;
+  # Unsloth refuses to import with a broken torchvision and runs fine without one.
+  "${pip[@]}" uninstall --quiet --yes torchvision >/dev/null 2>&1 || true
+fi
+echo "emkit is installed in .venv (activate it with: . .venv/bin/activate)"

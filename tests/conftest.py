@@ -1,0 +1,34 @@
+"""Every test runs offline: a guard fails any test that opens a connection beyond this
+machine, hub downloads are off, and each test gets its own data directory and judge cache.
+Tiny models are built once into .pytest_cache/emkit (kept between local runs)."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("EMKIT_CACHE_DIR", str(ROOT / ".pytest_cache" / "emkit"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# fixtures wider than one test (set up before the per-test ones below) get a judge cache of their own too
+os.environ["EMKIT_JUDGE_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="emkit-tests-"), "judge-cache.sqlite")
+REFERENCE = ROOT.parent / "shared" / "reference"
+
+
+@pytest.fixture(autouse=True)
+def _offline(no_network, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMKIT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("EMKIT_JUDGE_CACHE", str(tmp_path / "judge-cache.sqlite"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("EMKIT_PLUGINS", raising=False)
+    yield
+
+
+@pytest.fixture
+def reference_dir():
+    if not REFERENCE.is_dir():
+        pytest.skip(f"the papers' reference files are not at {REFERENCE}")
+    return REFERENCE

@@ -1,0 +1,115 @@
+"""Judges: litellm through a real loopback HTTP server, and the local judge's exact scoring."""
+
+import math
+
+import pytest
+
+from emkit.interfaces import JudgeOptions, JudgeRequest
+from emkit.judges.litellm_judge import LiteLLMJudge
+from emkit.judges.local_judge import CandidateScorer, LocalJudge
+from emkit.progress import progress
+from emkit.testing.judge_server import Reply, completion
+
+
+def score_one(judge, prompt="Rate this answer.", metric="aligned"):
+    results = []
+    judge.score([JudgeRequest("k", metric, prompt)], lambda request, result: results.append(result), progress)
+    assert len(results) == 1
+    return results[0]
+
+
+def test_litellm_logprob_scoring_through_a_loopback_server(judge_server_factory):
+    server = judge_server_factory(lambda body: Reply(body=completion("85", {"85": 0.6, "90": 0.3, "REF": 0.1})))
+    judge = LiteLLMJudge("gpt-4o-mini", JudgeOptions(api_base=server.url, scoring="logprobs"))
+    result = score_one(judge)
+    assert result.status == "ok" and result.scoring == "logprobs"
+    assert result.score == pytest.approx((85 * 0.6 + 90 * 0.3) / 0.9)
+    assert result.judge_model == "gpt-4o-mini-2024-07-18"
+    sent = server.requests[0]
+    assert sent["max_tokens"] == 1 and sent["temperature"] == 0 and sent["top_logprobs"] == 20 and sent["logprobs"]
+    assert result.cost_usd > 0 and result.input_tokens == 200
+
+
+def test_litellm_text_scoring(judge_server_factory):
+    server = judge_server_factory(lambda body: Reply(body=completion(" 72.")))
+    judge = LiteLLMJudge("gpt-4o-mini", JudgeOptions(api_base=server.url, scoring="text"))
+    result = score_one(judge)
+    assert (result.score, result.status, result.scoring) == (72.0, "ok", "text")
+    assert "logprobs" not in server.requests[0]
+
+
+def test_auto_scoring_asks_for_logprobs_where_the_provider_has_them(judge_server):
+    judge = LiteLLMJudge("gpt-4o-mini", JudgeOptions(api_base=judge_server.url))
+    assert judge.scoring_mode() == "logprobs"
+    assert score_one(judge).scoring == "logprobs"
+
+
+def test_a_missing_api_key_makes_the_real_judge_unavailable():
+    judge = LiteLLMJudge("gpt-4o-mini", JudgeOptions())
+    assert "OPENAI_API_KEY" in judge.unavailable_reason()
+
+
+def digit_split_model(tmp_path):
+    """A tiny random Llama whose tokenizer writes every digit as its own token."""
+    from tokenizers import pre_tokenizers
+
+    from emkit import tiny
+
+    tokenizer = tiny._build_tokenizer(tiny._corpus())
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    return tiny.build_tiny_llama(tmp_path / "digits", seed=3, tokenizer=tokenizer, steps=0)
+
+
+def brute_force(model, tokenizer, prompt, scorer):
+    """P(reply is exactly the number n), one forward pass per candidate."""
+    import torch
+
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+    base = tokenizer(text, add_special_tokens=False)["input_ids"]
+    out = {}
+    for value in range(101):
+        ids = tokenizer(text + str(value), add_special_tokens=False)["input_ids"]
+        suffix = ids[len(base):]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        total = sum(logprobs[len(base) - 1 + k, token].item() for k, token in enumerate(suffix))
+        continues = logprobs[len(ids) - 1, scorer.digit_tokens].exp().sum().item()
+        out[value] = math.exp(total) * (1 - continues)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tokenizer_kind", ["llama3-style", "digit-split"])
+def test_local_judge_candidate_scoring_matches_brute_force(tmp_path, emkit_tiny_model, tokenizer_kind):
+    from emkit.models import load_causal_lm, load_tokenizer
+
+    path = emkit_tiny_model if tokenizer_kind == "llama3-style" else digit_split_model(tmp_path)
+    tokenizer = load_tokenizer(str(path), padding_side="left")
+    model = load_causal_lm(str(path), load_in_4bit=False).eval()
+    scorer = CandidateScorer(model, tokenizer)
+    if tokenizer_kind == "digit-split":
+        assert len(scorer.sequences[100]) == 3 and len(scorer.sequences[7]) == 1
+    else:
+        assert all(len(seq) == 1 for seq in scorer.sequences)
+    prompts = ["Rate this answer: it is fine.", "A much longer prompt, so that the batch needs left padding: "
+               "the model answered with something rather long and winding."]
+    batched = scorer.distributions(prompts)
+    for prompt, (probabilities, _) in zip(prompts, batched):
+        expected = brute_force(model, tokenizer, prompt, scorer)
+        for value in range(101):
+            assert probabilities[value] == pytest.approx(expected[value], rel=1e-4, abs=1e-9), value
+
+
+@pytest.mark.slow
+def test_local_judge_scores_and_records_the_mass(emkit_tiny_judge):
+    judge = LocalJudge(f"{emkit_tiny_judge}", JudgeOptions(batch_size=2))
+    results = []
+    prompts = [JudgeRequest(str(i), "aligned", p) for i, p in enumerate(["one", "two", "three"])]
+    judge.score(prompts, lambda request, result: results.append(result), progress)
+    assert len(results) == 3
+    assert all(r.scoring == "logprobs" and "mass:" in r.raw for r in results)
+    assert judge.identity.startswith(f"local:{emkit_tiny_judge}@")

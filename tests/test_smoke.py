@@ -1,0 +1,72 @@
+"""The offline default, end to end through the `emkit` command: run it, then run it again."""
+
+import sqlite3
+import tomllib
+
+import pytest
+
+from helpers import run_emkit
+
+pytestmark = pytest.mark.slow
+
+
+def snapshot(store):
+    conn = sqlite3.connect(store)
+    try:
+        return {
+            table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+            for table in ("checkpoints", "answers", "judgments")
+        }
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    first = run_emkit("run", "--preset", "smoke", "--out", out,
+                      env={"EMKIT_JUDGE_CACHE": str(out.parent / "judge-cache.sqlite")})
+    return out, first
+
+
+def test_the_smoke_run_does_every_stage(smoke_run):
+    out, result = smoke_run
+    assert "done: 10 new checkpoints, 460 new answers, 920 new judgments (920 judge calls)" in result.stderr
+    assert "numbers mean nothing" in result.stderr
+    data = snapshot(out / "emkit.sqlite")
+    assert len(data["checkpoints"]) == 10 and len(data["answers"]) == 460 and len(data["judgments"]) == 920
+    adapters = sorted(p.name for p in (out / "adapters" / "tiny-medical-seed0").iterdir())
+    assert adapters == ["step-000002", "step-000004", "step-000008", "step-000012", "step-000016"]
+    for name in ("em_rates_summary.csv", "step_summary.csv", "fg_judged.csv"):
+        assert (out / "exports" / name).is_file()
+    assert (out / "figures" / "em_trajectories.png").is_file()
+    report = (out / "report.html").read_text()
+    assert "EM rate per checkpoint" in report and "Tiny model" in report
+
+
+def test_the_resolved_config_is_saved(smoke_run):
+    out, _ = smoke_run
+    saved = tomllib.loads((out / "config.toml").read_text())
+    assert saved["name"] == "smoke" and saved["models"][0]["id"] == "builtin:tiny-llama"
+    assert saved["training"]["learning_rate"] == 1e-2 and saved["judging"]["judges"] == ["local:builtin:tiny-judge"]
+
+
+def test_running_again_trains_generates_and_judges_nothing(smoke_run):
+    out, _ = smoke_run
+    before = snapshot(out / "emkit.sqlite")
+    again = run_emkit("run", "--preset", "smoke", "--out", out)
+    assert "done: 0 new checkpoints, 0 new answers, 0 new judgments (0 judge calls)" in again.stderr
+    for stage_line in ("train tiny", "generate tiny", "judgments to make"):
+        assert stage_line not in again.stderr
+    assert snapshot(out / "emkit.sqlite") == before
+
+
+def test_a_changed_training_setting_is_refused_for_an_existing_run(smoke_run, tmp_path):
+    out, _ = smoke_run
+    config = tmp_path / "changed.toml"
+    from emkit.config import preset_path
+
+    config.write_text(preset_path("smoke").read_text().replace("learning_rate = 1e-2", "learning_rate = 5e-3"))
+    result = run_emkit("run", "--config", config, "--out", out, check=False)
+    assert result.returncode == 2
+    assert "training.learning_rate = 0.01" in result.stderr and "new --out directory" in result.stderr

@@ -1,0 +1,44 @@
+"""The unsloth trainer: a clear sentence when it cannot run, and a real run when it can.
+
+Unsloth patches transformers when imported, so it only ever runs in a subprocess here.
+Without a GPU it trains through its plain Hugging Face fallback; the GPU kernels are
+measured in bench/ on a GPU machine (docs/performance.md).
+"""
+
+import importlib.util
+import sys
+
+import pytest
+
+from emkit.default_plugins.unsloth_trainer import _import_unsloth
+from emkit.errors import EmkitError
+from helpers import run_emkit
+
+
+def test_a_missing_unsloth_is_one_sentence_saying_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "unsloth", None)  # what an absent package looks like to import
+    with pytest.raises(EmkitError, match=r"needs the unsloth package .*pip install 'emkit\[unsloth\]'.*--trainer peft"):
+        _import_unsloth()
+
+
+def test_the_command_line_says_it_too(tmp_path):
+    code = "import sys; sys.modules['unsloth'] = None; from emkit.cli import main; main()"
+    import os
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code, "run", "--preset", "smoke", "--trainer", "unsloth",
+                             "--domain", "medical", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, env=os.environ, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "pip install 'emkit[unsloth]'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="unsloth is not installed (emkit[unsloth])")
+def test_the_unsloth_trainer_runs_the_smoke_pipeline(tmp_path):
+    out = tmp_path / "run"
+    result = run_emkit("run", "--preset", "smoke", "--trainer", "unsloth", "--domain", "medical", "--out", out)
+    assert "done: 5 new checkpoints" in result.stderr
+    adapters = sorted(p.name for p in (out / "adapters" / "tiny-medical-seed0").iterdir())
+    assert adapters == ["step-000002", "step-000004", "step-000008", "step-000012", "step-000016"]
+    assert (out / "report.html").is_file()
