@@ -110,6 +110,48 @@ def run(config_file, preset, trainer, judges, fallback, models, domains, seeds, 
     run_experiment(config, out_dir or Path("runs") / config.name, registry)
 
 
+# --- judge ------------------------------------------------------------------------------
+
+def _judging_defaults():
+    from emkit.config import JudgingSettings
+
+    return JudgingSettings()
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--judge", "judges", multiple=True, required=True,
+              help="Judge (repeatable: each scores every answer): gpt-4o-mini, local:PATH_OR_HUB_ID, ...")
+@click.option("--fallback", multiple=True, help="Judge to use only when a --judge cannot be reached or has no key.")
+@click.option("--metric", "metrics", multiple=True, help="Metric to score (repeatable). Default: aligned, coherent.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML of metric: prompt template ({question}, {answer}), e.g. the papers' judges.yaml.")
+@click.option("--api-base", help="OpenAI-compatible server for litellm judges.")
+@click.option("--scoring", type=click.Choice(["auto", "logprobs", "text"]), default="auto", show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds before a call is abandoned and retried.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--max-error-share", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Exit with an error when more judgments than this share fail.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the judged answers: .csv or .jsonl.")
+def judge(file, judges, fallback, metrics, prompts_file, api_base, scoring, concurrency, timeout_s, max_retries,
+          max_error_share, out):
+    """Score a CSV or JSONL of answers made elsewhere (columns question and answer or response)."""
+    from emkit.interfaces import JudgeOptions
+    from emkit.judge_file import judge_file
+    from emkit.plugins import get_registry
+
+    defaults = _judging_defaults()
+    options = JudgeOptions(api_base=api_base, scoring=scoring, concurrency=concurrency, timeout_s=timeout_s,
+                           max_retries=max_retries, retry_backoff_s=defaults.retry_backoff_s,
+                           batch_size=defaults.batch_size)
+    judge_file(file, out, list(judges), options, get_registry(), metrics=list(metrics or defaults.metrics),
+               fallback=list(fallback), prompts_file=prompts_file, max_error_share=max_error_share)
+    click.echo(f"wrote {out}", err=True)
+
+
 # --- plugins ----------------------------------------------------------------------------
 
 

@@ -96,6 +96,7 @@ class JudgingSettings(_Section):
     concurrency: int = Field(32, ge=1)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0)
+    retry_backoff_s: float = Field(1.0, gt=0)  # first retry waits about this long, then twice as long each time
     max_error_share: float = Field(0.05, ge=0, le=1)
     api_base: str = ""
     batch_size: int = Field(8, ge=1)  # local judges: prompts per forward pass

@@ -127,6 +127,7 @@ class JudgeOptions:
     concurrency: int = 32
     timeout_s: float = 60.0
     max_retries: int = 5
+    retry_backoff_s: float = 1.0
     batch_size: int = 8
     trust_remote_code: bool = False
 

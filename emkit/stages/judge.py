@@ -45,7 +45,8 @@ class JudgeTally:
 def judge_options(settings, trust_remote_code: bool) -> JudgeOptions:
     return JudgeOptions(
         api_base=settings.api_base or None, scoring=settings.scoring, concurrency=settings.concurrency,
-        timeout_s=settings.timeout_s, max_retries=settings.max_retries, batch_size=settings.batch_size,
+        timeout_s=settings.timeout_s, max_retries=settings.max_retries, retry_backoff_s=settings.retry_backoff_s,
+        batch_size=settings.batch_size,
         trust_remote_code=trust_remote_code,
     )
 
@@ -98,11 +99,13 @@ def score_targets(judge, targets: list[JudgeTarget], store, cache: JudgeCache, p
         judge.score(requests, lambda request, result: record(request.key, result, False), progress)
     errors = tally.statuses.get("error", 0)
     if tally.total and errors / tally.total > max_error_share:
-        raise JudgeErrorsExceeded(
-            f"{errors} of {tally.total} judgments by {judge.name} failed ({errors / tally.total:.1%}, above "
-            f"judging.max_error_share = {max_error_share:g}); the rest are stored, and running the same command "
-            f"again retries only the failed ones."
+        failure = JudgeErrorsExceeded(
+            f"{errors} of {tally.total} judgments by {judge.name} failed ({errors / tally.total:.1%}, above the "
+            f"allowed share of {max_error_share:g}); the rest are stored, and running the same command again "
+            f"retries only the failed ones."
         )
+        failure.tally = tally
+        raise failure
     return tally
 
 

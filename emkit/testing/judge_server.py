@@ -153,3 +153,22 @@ class JudgeServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def main(argv=None) -> None:
+    """`python -m emkit.testing.judge_server --latency 0.2`: serve until killed; prints the URL."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A loopback OpenAI-compatible judge for trying emkit offline.")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each reply")
+    args = parser.parse_args(argv)
+    with JudgeServer(latency_s=args.latency) as server:
+        print(server.url, flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
