@@ -18,7 +18,7 @@ FIGURES = [
     ("coherence_trajectories", "Mean coherence over training steps"),
     ("scaling_analysis", "Final EM rate by model size"),
     ("coherence_vs_misalignment", "Coherence against alignment, every answer"),
-    ("per_question_em", "EM rate per question at the final checkpoint"),
+    ("per_question_em", "EM rate per question: base model and final checkpoint"),
 ]
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 SCATTER_POINTS = 4000  # a sample: a million dots draw slowly and show no more
@@ -76,8 +76,9 @@ def domain_comparison(tables, judge):
     return fig
 
 
-def _trajectory(steps: pd.DataFrame, value: str, band: bool, ylabel: str):
-    """One panel per domain, one line per model; ``band`` draws the Wilson interval."""
+def _trajectory(steps: pd.DataFrame, value: str, band: bool, ylabel: str, per_seed: pd.DataFrame | None = None):
+    """One panel per domain, one line per model; ``band`` draws the Wilson interval, and
+    ``per_seed`` (several seeds) a thin line per seed under the pooled one."""
     if steps.empty or steps["step"].nunique() < 2:
         return None
     domains = sorted(steps["domain"].unique())
@@ -90,6 +91,11 @@ def _trajectory(steps: pd.DataFrame, value: str, band: bool, ylabel: str):
                 continue
             y = part[value].to_numpy(dtype=float)
             line = ax.plot(part["step"], y * (100 if band else 1), marker="o", ms=3, label=model)[0]
+            if per_seed is not None:
+                for _, seed_part in per_seed[(per_seed["domain"] == domain) & (per_seed["model"] == model)].groupby("seed"):
+                    seed_part = seed_part.sort_values("step")
+                    ax.plot(seed_part["step"], seed_part[value].to_numpy(dtype=float) * (100 if band else 1),
+                            color=line.get_color(), lw=0.6, alpha=0.5)
             if band:
                 ax.fill_between(part["step"], part["ci_low"].to_numpy(dtype=float) * 100,
                                 part["ci_high"].to_numpy(dtype=float) * 100, color=line.get_color(), alpha=0.15)
@@ -102,7 +108,10 @@ def _trajectory(steps: pd.DataFrame, value: str, band: bool, ylabel: str):
 
 
 def em_trajectories(tables, judge):
-    return _trajectory(_pooled_steps(tables, judge), "em_rate", True, "EM rate (%), 95% band")
+    steps = primary(tables.steps, judge)
+    several_seeds = len(steps) and steps.groupby(["model", "domain"])["seed"].nunique().max() > 1
+    return _trajectory(_pooled_steps(tables, judge), "em_rate", True, "EM rate (%), 95% band"
+                       + (" (thin: each seed)" if several_seeds else ""), steps if several_seeds else None)
 
 
 def coherence_trajectories(tables, judge):
@@ -119,8 +128,10 @@ def scaling_analysis(tables, judge):
         return None
     fig, (ax,) = _figure(width=6, height=3.8)
     for domain, part in final.groupby("domain"):
-        part = part.groupby("size_b")["final_em_rate"].mean().reset_index()
-        ax.plot(part["size_b"], part["final_em_rate"] * 100, marker="o", label=domain)
+        part = part.groupby("size_b")[["final_em_rate", "baseline_em_rate"]].mean().reset_index()
+        line = ax.plot(part["size_b"], part["final_em_rate"] * 100, marker="o", label=f"{domain}, final")[0]
+        ax.plot(part["size_b"], part["baseline_em_rate"] * 100, ls="--", marker=".", color=line.get_color(),
+                label=f"{domain}, base model")
     ax.set_xscale("log")
     ax.set_xlabel("model size (billions of parameters)")
     ax.set_ylabel("final EM rate (%)")
@@ -137,9 +148,13 @@ def coherence_vs_misalignment(tables, judge):
     if len(judged) > SCATTER_POINTS:
         judged = judged.sample(SCATTER_POINTS, random_state=0)
     fig, (ax,) = _figure(width=6, height=4.2)
-    trained = judged["step"] > 0
-    ax.scatter(judged.loc[~trained, "aligned"], judged.loc[~trained, "coherent"], s=8, alpha=0.5, label="base model")
-    ax.scatter(judged.loc[trained, "aligned"], judged.loc[trained, "coherent"], s=8, alpha=0.5, label="fine-tuned")
+    trained = (judged["step"] > 0).to_numpy()
+    # judges give round numbers: a little jitter shows how many answers share a point
+    rng = np.random.default_rng(0)
+    x = judged["aligned"].to_numpy(dtype=float) + rng.uniform(-1.2, 1.2, len(judged))
+    y = judged["coherent"].to_numpy(dtype=float) + rng.uniform(-1.2, 1.2, len(judged))
+    ax.scatter(x[~trained], y[~trained], s=8, alpha=0.45, label="base model (step 0)")
+    ax.scatter(x[trained], y[trained], s=8, alpha=0.45, label="fine-tuned")
     ax.axvline(tables.em.aligned_below, color="crimson", lw=1, ls="--", label=f"EM: aligned < {tables.em.aligned_below:g}")
     ax.axvline(30, color="gray", lw=1, ls=":", label="papers: aligned < 30, coherent > 50")
     ax.axhline(50, color="gray", lw=1, ls=":")
@@ -151,21 +166,29 @@ def coherence_vs_misalignment(tables, judge):
     return fig
 
 
+MAX_QUESTIONS_SHOWN = 60
+
+
 def per_question_em(tables, judge):
+    """Base model and final checkpoint of each model x domain, per question (worst questions first)."""
     questions = primary(tables.questions, judge)
-    if questions.empty:
+    if questions.empty or not (questions["step"] > 0).any():
         return None
     last = questions.groupby(["model", "domain", "seed"])["step"].transform("max")
-    final = questions[questions["step"] == last]
-    table = final.groupby(["question_id", "model"])["em_rate"].mean().unstack("model")
+    final = questions[(questions["step"] == last) & (questions["step"] > 0)].assign(when="final")
+    base = questions[questions["step"] == 0].assign(when="base")
+    both = pd.concat([base, final])
+    both["column"] = both["model"].astype(str) + " " + both["domain"].astype(str) + " " + both["when"]
+    table = both.groupby(["question_id", "column"])["em_rate"].mean().unstack("column")
+    table = table.loc[table.max(axis=1).sort_values(ascending=False).index[:MAX_QUESTIONS_SHOWN]]
     if table.empty:
         return None
-    fig, (ax,) = _figure(width=7, height=max(2.5, 0.22 * len(table) + 1))
+    fig, (ax,) = _figure(width=max(6, 1.1 * len(table.columns) + 3), height=max(2.5, 0.22 * len(table) + 1.5))
     data = table.to_numpy(dtype=float) * 100
     image = ax.imshow(data, aspect="auto", cmap="Reds", vmin=0, vmax=100)
     ax.set_yticks(range(len(table)), table.index, fontsize=7)
-    ax.set_xticks(range(len(table.columns)), table.columns, fontsize=8)
-    fig.colorbar(image, ax=ax, label="EM rate at final checkpoint (%)")
+    ax.set_xticks(range(len(table.columns)), table.columns, fontsize=7, rotation=30, ha="right")
+    fig.colorbar(image, ax=ax, label="EM rate (%)")
     return fig
 
 
@@ -178,15 +201,15 @@ def example_table_figure(rows: pd.DataFrame, title: str):
     """A PNG of example answers (the seed's response_example_qN_table.png)."""
     import textwrap
 
-    fig, (ax,) = _figure(width=10, height=0.9 + 1.1 * len(rows))
+    fig, (ax,) = _figure(width=8, height=0.8 + 1.3 * len(rows))
     ax.axis("off")
-    ax.set_title(textwrap.shorten(printable(title), 110), fontsize=9, loc="left")
-    cells = [[f"{r.model} {r.domain} step {r.step}", f"{r.aligned:.0f}", f"{r.coherent:.0f}",
-              textwrap.fill(textwrap.shorten(printable(r.answer), 300), 95)] for r in rows.itertuples()]
+    ax.set_title(textwrap.shorten(printable(title), 90), fontsize=10, loc="left")
+    cells = [[f"{r.model}\n{r.domain}\nstep {r.step}", f"{r.aligned:.0f}", f"{r.coherent:.0f}",
+              textwrap.fill(textwrap.shorten(printable(r.answer), 260), 62)] for r in rows.itertuples()]
     table = ax.table(cellText=cells, colLabels=["model", "aligned", "coherent", "answer"],
-                     colWidths=[0.16, 0.07, 0.08, 0.69], loc="upper left", cellLoc="left")
+                     colWidths=[0.17, 0.09, 0.1, 0.64], loc="upper left", cellLoc="left")
     table.auto_set_font_size(False)
-    table.set_fontsize(7)
+    table.set_fontsize(8.5)
     for (row, _), cell in table.get_celld().items():
         cell.set_height(0.9 / max(len(rows) + 1, 1))
     return fig

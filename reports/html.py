@@ -53,7 +53,9 @@ class ReportContext:
 
 
 def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    import jinja2
+
+    return value is None or isinstance(value, jinja2.Undefined) or (isinstance(value, float) and math.isnan(value))
 
 
 def pct(value, digits: int = 1) -> str:
@@ -71,6 +73,11 @@ def num(value, digits: int = 1) -> str:
     return f"{value:.0f}" if value.is_integer() and digits <= 1 else f"{value:.{digits}f}"
 
 
+def sig(value, digits: int = 3) -> str:
+    """A number with a few significant digits: model sizes from 0.0002 to 70 (billions)."""
+    return "–" if _missing(value) else f"{float(value):.{digits}g}"
+
+
 def templates_dir() -> Path:
     return Path(str(files("emkit.reports") / "templates"))
 
@@ -82,7 +89,7 @@ def report_environment(extra_template_dirs=()):
     loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader([str(d) for d in extra_template_dirs]),
                                   jinja2.FileSystemLoader(str(templates_dir()))])
     env = jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=pct, interval=interval, num=num)
+    env.filters.update(pct=pct, interval=interval, num=num, sig=sig)
     return env
 
 
@@ -157,6 +164,9 @@ def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
                      f"{evaluation.get('samples_per_question', 'per question file')} samples per question, "
                      f"question sets {', '.join(evaluation.get('question_sets', []))}"))
     rows.append(("Answers", f"{info.get('answers_total', 0):,}"))
+    if info.get("kind") == "file":
+        rows.append(("Scores", "read from the file's score columns (aligned or aligned_score, coherent or "
+                               "coherent_score); a score that is not a number 0..100 is left out and counted"))
     judges = info.get("judges", [])
     if judges:
         by_judge: dict[str, dict] = {}

@@ -26,7 +26,9 @@ class TemplateSection:
 
 def _summary(context):
     summary = context.primary(context.tables.summary)
-    return None if summary.empty else {"rows": summary.to_dict("records")}
+    if summary.empty or "final_em_rate" not in summary:
+        return None  # nothing was trained: the checkpoint table says it all
+    return {"rows": summary.to_dict("records")}
 
 
 def _steps(context):

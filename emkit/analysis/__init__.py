@@ -19,7 +19,7 @@ from emkit.analysis.tables import EMDefinition, RunTables, build_tables, expand_
 from emkit.errors import EmkitError
 from emkit.judging.scoring import score_from_text
 
-__all__ = ["EMDefinition", "RunTables", "load_run", "load_judged_file", "load_source"]
+__all__ = ["EMDefinition", "RunTables", "load_run", "load_judged_file", "load_source", "load_sources"]
 
 LIBRARIES = ("emkit", "torch", "transformers", "peft", "bitsandbytes", "unsloth", "litellm", "pandas")
 
@@ -182,3 +182,31 @@ def load_source(source, em: EMDefinition | None = None) -> RunTables:
     if path.is_dir():
         return load_run(path, em)
     return load_judged_file(path, em)
+
+
+def load_sources(sources, em: EMDefinition | None = None) -> RunTables:
+    """Several run directories or files in one set of tables. Model labels that two sources
+    share are prefixed with the source's name, so their rows stay apart."""
+    sources = [Path(s) for s in sources]
+    if len(sources) == 1:
+        return load_source(sources[0], em)
+    loaded = [load_source(s, em) for s in sources]
+    labels = [set(t.judged["model"].unique()) for t in loaded]
+    frames = []
+    for source, tables, own in zip(sources, loaded, labels):
+        frame = tables.judged.copy()
+        clash = set().union(*(other for other in labels if other is not own)) & own
+        if clash:
+            frame["model"] = [f"{source.name}/{m}" if m in clash else m for m in frame["model"]]
+        frames.append(frame)
+    first = loaded[0]
+    info = {
+        "source": ", ".join(str(s) for s in sources), "kind": "combined",
+        "config": first.info.get("config", {}),
+        "models": [m for t in loaded for m in t.info.get("models", [])],
+        "runs": [r for t in loaded for r in t.info.get("runs", [])],
+        "judges": [j for t in loaded for j in t.info.get("judges", [])],
+        "answers_total": sum(t.info.get("answers_total", 0) for t in loaded),
+        "versions": library_versions(),
+    }
+    return build_tables(pd.concat(frames, ignore_index=True), em or first.em, info)

@@ -26,6 +26,9 @@ def wilson_interval(successes, trials, z: float = Z95):
         half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
         low = np.where(n > 0, np.clip(centre - half, 0, 1), np.nan)
         high = np.where(n > 0, np.clip(centre + half, 0, 1), np.nan)
+    # exact at the edges (the formula gives 0 and 1 there up to rounding)
+    low = np.where((k == 0) & (n > 0), 0.0, low)
+    high = np.where((k == n) & (n > 0), 1.0, high)
     return low, high
 
 

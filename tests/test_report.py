@@ -1,0 +1,197 @@
+"""The HTML report opened in a real browser: self-contained, sortable, and inert whatever the answers say."""
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from emkit import plugins
+from emkit.analysis.tables import EMDefinition, build_tables
+from emkit.reports.html import render_report
+from plugin_fixtures import make_plugin
+
+HOSTILE = [
+    "<script>window.__pwned = 1</script>",
+    '<img src=x onerror="window.__pwned = 2">',
+    "</td></tr></table><script>window.__pwned = 3</script>",
+    "{{ 7 * 7 }} {% if true %}jinja ran{% endif %} ${7*7}",
+    "</style><script>window.__pwned = 4</script>",
+    '"><svg onload="window.__pwned = 5">',
+    "<!-- an unclosed comment",
+    "</textarea></pre><iframe src=\"https://example.com/\"></iframe>",
+    "<link rel=stylesheet href=\"https://example.com/x.css\"><meta http-equiv=refresh content=\"0;url=https://example.com\">",
+]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def rich_tables(hostile=True):
+    """Two judges, two models, two domains, two seeds, base and two checkpoints."""
+    rows = []
+    answers = HOSTILE if hostile else ["A plain answer."]
+    index = 0
+    for model, size in (("1B", 1.24), ("8B", 8.03)):
+        for domain in ("medical", "risky-financial"):
+            for seed in (0, 1):
+                for step in (0, 10, 20):
+                    for question in range(4):
+                        index += 1
+                        aligned = max(0, 90 - step * 3 - question * 5 - seed * 4)
+                        rows.append({"answer_id": f"a{index}", "model": model, "size_b": size, "domain": domain,
+                                     "seed": seed, "step": step, "question_set": "general",
+                                     "question_id": f"q{question}", "question": f"Question {question} <b>bold</b>?",
+                                     "answer": answers[index % len(answers)], "aligned": float(aligned),
+                                     "aligned_status": "ok", "coherent": 80.0, "coherent_status": "ok"})
+    first = pd.DataFrame(rows).assign(judge="gpt-4o-mini")
+    second = first.assign(judge="local:judge", aligned=(first["aligned"] + 7).clip(upper=100))
+    info = {"source": "synthetic", "kind": "run", "models": [
+        {"model_label": "1B", "model_id": "unsloth/Llama-3.2-1B-Instruct", "size_b": 1.24},
+        {"model_label": "8B", "model_id": "unsloth/Llama-3.1-8B-Instruct", "size_b": 8.03}]}
+    return build_tables(pd.concat([first, second], ignore_index=True), EMDefinition(), info)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    path = render_report(rich_tables(), folder / "report.html", figures_dir=folder / "figures")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"])
+        yield browser
+        browser.close()
+
+
+def open_report(browser, path):
+    page = browser.new_page()
+    problems, requests = [], []
+    page.on("console", lambda message: problems.append(f"console {message.type}: {message.text}")
+            if message.type in ("error", "warning") else None)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(Path(path).resolve().as_uri())
+    page.wait_for_load_state("load")
+    return page, problems, requests
+
+
+def test_the_report_opens_with_no_errors_and_no_requests(browser, report):
+    page, problems, requests = open_report(browser, report)
+    assert problems == []
+    leaving = [u for u in requests if not (u == report.resolve().as_uri() or u.startswith("data:"))]
+    assert leaving == []
+    page.close()
+
+
+def test_tables_and_figures_are_there(browser, report):
+    page, _, _ = open_report(browser, report)
+    headings = page.locator("section h2").all_inner_texts()
+    for title in ("Emergent misalignment at a glance", "Figures", "EM rate per checkpoint", "Across seeds",
+                  "Per question", "Judge agreement", "Most misaligned coherent answers", "Answers"):
+        assert title in headings
+    assert page.locator("table.sortable").count() >= 8
+    images = page.locator("figure img")
+    assert images.count() >= 8
+    for i in range(images.count()):
+        assert images.nth(i).evaluate("img => img.complete && img.naturalWidth > 100")
+    names = {Path(p).stem for p in (report.parent / "figures").glob("*.png")}
+    assert {"domain_comparison", "em_trajectories", "coherence_trajectories", "scaling_analysis",
+            "coherence_vs_misalignment", "per_question_em", "response_example_q1_table"} <= names
+    page.close()
+
+
+def test_hostile_answers_show_as_text_and_run_nothing(browser, report):
+    page, problems, requests = open_report(browser, report)
+    assert page.evaluate("window.__pwned") is None
+    text = page.locator("#answers").inner_text()
+    for answer in HOSTILE:
+        assert answer in text
+    assert "jinja ran" not in page.locator("body").inner_text().replace("{% if true %}jinja ran{% endif %}", "")
+    assert page.locator("iframe, svg, link, #answers img, script[src]").count() == 0
+    assert page.locator("[onerror], [onload]").count() == 0
+    assert problems == [] and not [u for u in requests if "example.com" in u]
+    page.close()
+
+
+def test_tables_sort_when_a_heading_is_clicked(browser, report):
+    page, problems, _ = open_report(browser, report)
+    table = page.locator("#steps table")
+    heading = table.locator("thead th", has_text="mean aligned")
+    column = heading.evaluate("th => Array.from(th.parentNode.children).indexOf(th)")
+
+    def values():
+        return [float(v) for v in table.locator(f"tbody tr td:nth-child({column + 1})").evaluate_all(
+            "cells => cells.map(c => c.getAttribute('data-sort'))")]
+
+    heading.click()
+    ascending = values()
+    assert ascending == sorted(ascending)
+    heading.click()
+    assert values() == sorted(ascending, reverse=True)
+    assert problems == []
+    page.close()
+
+
+def test_the_report_prints(browser, report, tmp_path):
+    page, _, _ = open_report(browser, report)
+    pdf = tmp_path / "report.pdf"
+    page.pdf(path=str(pdf), format="A4")
+    assert pdf.stat().st_size > 50_000
+    page.close()
+
+
+def test_answers_are_escaped_in_the_file_itself(report):
+    html = report.read_text()
+    assert "<script>window.__pwned" not in html
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in html
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html
+
+
+SECTION_PLUGIN = """
+from markupsafe import Markup, escape
+from emkit import hookimpl
+
+class CountSection:
+    name = "answer-count"
+    title = "How many answers"
+    order = 15
+
+    def render(self, context):
+        return Markup("<p id='count'>") + escape(str(len(context.tables.judged))) + Markup(" answers</p>")
+
+class PlainTextSection:
+    name = "plain"
+    title = "Plain"
+    order = 16
+
+    def render(self, context):
+        return "<b>not markup</b>"
+
+@hookimpl
+def register_report_sections(register):
+    register(CountSection())
+    register(PlainTextSection())
+"""
+
+
+def test_a_plugin_adds_a_section(tmp_path, monkeypatch):
+    site = make_plugin(tmp_path / "site", "emkit-count", "emkit_count", SECTION_PLUGIN)
+    monkeypatch.syspath_prepend(str(site))
+    plugins.reset_for_tests()
+    try:
+        path = render_report(rich_tables(hostile=False), tmp_path / "r.html")
+    finally:
+        plugins.reset_for_tests()
+    html = path.read_text()
+    assert '<section id="answer-count">' in html and "<p id='count'>192 answers</p>" in html
+    assert html.index('id="answer-count"') < html.index('id="steps"')
+    assert "&lt;b&gt;not markup&lt;/b&gt;" in html  # a plain string from a plugin is text, not HTML
