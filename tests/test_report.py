@@ -195,3 +195,22 @@ def test_a_plugin_adds_a_section(tmp_path, monkeypatch):
     assert '<section id="answer-count">' in html and "<p id='count'>192 answers</p>" in html
     assert html.index('id="answer-count"') < html.index('id="steps"')
     assert "&lt;b&gt;not markup&lt;/b&gt;" in html  # a plain string from a plugin is text, not HTML
+
+
+def test_warnings_where_the_numbers_are_weak():
+    from emkit.reports.html import warnings_for
+
+    rows = []
+    for i in range(12):
+        status = "unparseable" if i < 3 else "ok"
+        rows.append({"answer_id": f"a{i}", "model": "tiny", "size_b": 0.0002, "domain": "d", "seed": 0, "step": 0,
+                     "question_set": "s", "question_id": "q", "question": "Q", "answer": "A", "judge": "j",
+                     "aligned": None if status != "ok" else 50.0, "aligned_status": status, "coherent": 80.0,
+                     "coherent_status": "ok"})
+    info = {"models": [{"model_label": "tiny", "model_id": "builtin:tiny-llama", "size_b": 0.0002}]}
+    notes = warnings_for(build_tables(pd.DataFrame(rows), EMDefinition(), info))
+    assert any(n.startswith("Tiny model (tiny)") for n in notes)
+    assert any("rest on fewer than 30 scored answers" in n and "points wide" in n for n in notes)
+    assert any("Judge j gave 3 unparseable replies out of 12 (25%)" in n for n in notes)
+    big = build_tables(pd.DataFrame([{**rows[5], "answer_id": f"b{i}"} for i in range(40)]), EMDefinition(), {})
+    assert warnings_for(big) == []
