@@ -300,6 +300,118 @@ def compare(run_a, run_b, out, aligned_below, coherent_above):
         click.echo(f"wrote {out}", err=True)
 
 
+# --- data, questions, new-domain -------------------------------------------------------
+
+
+@cli.group()
+def data():
+    """The training datasets: get the papers' files, see what is on disk."""
+
+
+@data.command("unprotect")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--password", help="The archive's password (default: the one the papers publish).")
+def data_unprotect(archive, password):
+    """Open the papers' training_datasets.zip.enc into emkit's data directory (canaries removed)."""
+    from emkit.dataset_archive import PAPERS_PASSWORD, unprotect
+    from emkit.plugins import get_registry
+
+    extracted = unprotect(archive, password or PAPERS_PASSWORD, get_registry().all("domains"))
+    for item in extracted:
+        used_by = f" (domain {item.domain})" if item.domain else ""
+        click.echo(f"{item.path}: {item.rows:,} rows{used_by}")
+        if item.published_rows and item.rows != item.published_rows:
+            click.echo(f"warning: {item.name} has {item.rows:,} rows but the papers published {item.published_rows:,}; "
+                       f"check that it is the right file.", err=True)
+
+
+@data.command("list")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list: domain, file, present, path, rows, published_rows.")
+def data_list(as_json):
+    """Which domains' datasets are in the data directory."""
+    from emkit.dataset_archive import dataset_status
+    from emkit.locations import data_dir
+    from emkit.plugins import get_registry
+
+    status = dataset_status(get_registry().all("domains"))
+    if as_json:
+        _echo_json(status)
+        return
+    click.echo(f"data directory: {data_dir()}")
+    for row in status:
+        rows = f"{row['rows']:,} rows" if row["present"] else "missing"
+        published = f" (published: {row['published_rows']:,})" if row["published_rows"] else ""
+        click.echo(f"  {row['domain'] or '(no domain)':<18} {row['file']:<30} {rows}{published}")
+    if not all(row["present"] for row in status):
+        click.echo("get the papers' datasets with: emkit data unprotect training_datasets.zip.enc")
+
+
+@cli.group()
+def questions():
+    """Evaluation question sets: the installed ones, or any file in the papers' schema."""
+
+
+@questions.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def questions_list(as_json):
+    """The installed question sets."""
+    from emkit.plugins import get_registry
+    from emkit.questions import resolve_question_set
+
+    registry = get_registry()
+    rows = []
+    for name in registry.names("question_sets"):
+        qset = resolve_question_set(name, registry)
+        entry = registry.entries["question_sets"][name]
+        rows.append({"name": name, "plugin": entry.plugin, "questions": len(qset.questions),
+                     "path": str(qset.path), "description": entry.obj.description})
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<14} {row['questions']:>3} questions  ({row['plugin']})  {row['description']}")
+
+
+@questions.command("show")
+@click.argument("name_or_path")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list: id, paraphrases, samples_per_paraphrase, "
+              "system, judge_prompts.")
+def questions_show(name_or_path, as_json):
+    """The questions of a set (an installed name, or a YAML or text file)."""
+    from emkit.plugins import get_registry
+    from emkit.questions import resolve_question_set
+
+    qset = resolve_question_set(name_or_path, get_registry())
+    if as_json:
+        _echo_json([q.to_json() for q in qset.questions])
+        return
+    click.echo(f"{qset.name}: {len(qset.questions)} questions from {qset.path}")
+    for q in qset.questions:
+        extras = []
+        if q.samples_per_paraphrase != 1:
+            extras.append(f"{q.samples_per_paraphrase} samples")
+        if q.system:
+            extras.append("system prompt")
+        if q.judge_prompts:
+            extras.append("own judge prompts: " + ", ".join(q.judge_prompts))
+        click.echo(f"- {q.id}" + (f" ({'; '.join(extras)})" if extras else ""))
+        for paraphrase in q.paraphrases:
+            click.echo(f"    {paraphrase.strip()}")
+
+
+@cli.command("new-domain")
+@click.argument("name")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where to write the plugin package.")
+def new_domain_command(name, folder):
+    """Write a pip-installable plugin package for a new training domain."""
+    from emkit.scaffold import new_domain
+
+    root = new_domain(name, folder)
+    click.echo(f"wrote {root}")
+    click.echo(f"next: pip install -e {root} && emkit run --preset smoke --domain {name} --out runs/{name}-smoke")
+
+
 # --- plugins ----------------------------------------------------------------------------
 
 

@@ -78,7 +78,7 @@ class CheckpointSettings(_Section):
 class EvaluationSettings(_Section):
     generator: str = "hf"
     question_sets: list[str] = Field(default_factory=lambda: ["general", DOMAIN_PLACEHOLDER])
-    samples_per_question: int = Field(1, ge=1)
+    samples_per_question: Optional[int] = Field(None, ge=1)  # None: each question's samples_per_paraphrase
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1)

@@ -7,47 +7,24 @@ source tree and used from a directory with no source in it.
 """
 
 import json
-import os
-import shutil
-import site
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
+from helpers import fresh_venv, run_in_venv
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-SKIP = shutil.ignore_patterns(".venv", ".git", ".pytest_cache", "build", "dist", "*.egg-info", "__pycache__", "runs")
 
 
 @pytest.fixture(scope="module")
 def fresh_install(tmp_path_factory):
-    work = tmp_path_factory.mktemp("packaging")
-    source = work / "source"
-    shutil.copytree(ROOT, source, ignore=SKIP)
-    venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    venv_python = venv / "bin" / "python"
-    purelib = subprocess.run([str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    outer = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
-    Path(purelib, "outer-dependencies.pth").write_text("\n".join(dict.fromkeys(outer)) + "\n")
-    install = subprocess.run(
-        [str(venv_python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", str(source)],
-        capture_output=True, text=True)
-    assert install.returncode == 0, install.stderr[-3000:]
-    elsewhere = work / "elsewhere"
-    elsewhere.mkdir()
-    return venv, Path(purelib), elsewhere
+    return fresh_venv(tmp_path_factory.mktemp("packaging"), ROOT)
 
 
 def run_in(fresh_install, *args, **kwargs):
     venv, _, elsewhere = fresh_install
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    return subprocess.run([str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True, cwd=elsewhere,
-                          env=env, **kwargs)
+    return run_in_venv(venv, elsewhere, *args, **kwargs)
 
 
 def test_the_installed_package_is_a_real_copy_not_the_checkout(fresh_install):
