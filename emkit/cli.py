@@ -134,10 +134,12 @@ def _judging_defaults():
 @click.option("--max-retries", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--max-error-share", type=click.FloatRange(0, 1), default=0.05, show_default=True,
               help="Exit with an error when more judgments than this share fail.")
+@click.option("--retry-backoff", "retry_backoff_s", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
+              help="Seconds before the first retry (with jitter), doubling each time; Retry-After wins if longer.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the judged answers: .csv or .jsonl.")
 def judge(file, judges, fallback, metrics, prompts_file, api_base, scoring, concurrency, timeout_s, max_retries,
-          max_error_share, out):
+          max_error_share, retry_backoff_s, out):
     """Score a CSV or JSONL of answers made elsewhere (columns question and answer or response)."""
     from emkit.interfaces import JudgeOptions
     from emkit.judge_file import judge_file
@@ -145,7 +147,7 @@ def judge(file, judges, fallback, metrics, prompts_file, api_base, scoring, conc
 
     defaults = _judging_defaults()
     options = JudgeOptions(api_base=api_base, scoring=scoring, concurrency=concurrency, timeout_s=timeout_s,
-                           max_retries=max_retries, retry_backoff_s=defaults.retry_backoff_s,
+                           max_retries=max_retries, retry_backoff_s=retry_backoff_s,
                            batch_size=defaults.batch_size)
     judge_file(file, out, list(judges), options, get_registry(), metrics=list(metrics or defaults.metrics),
                fallback=list(fallback), prompts_file=prompts_file, max_error_share=max_error_share)
@@ -446,16 +448,21 @@ def main(argv=None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            _interrupted()
         click.echo("Aborted.", err=True)
         sys.exit(1)
     except EmkitError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("\nInterrupted. Everything finished so far is saved; run the same command again to resume.",
-                   err=True)
-        sys.exit(130)
+        _interrupted()
+
+
+def _interrupted():
+    click.echo("Interrupted. Everything finished so far is saved; run the same command again to resume.", err=True)
+    sys.exit(130)
 
 
 def _load_plugin_commands():

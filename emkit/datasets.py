@@ -16,7 +16,6 @@ from pathlib import Path
 from emkit.errors import EmkitError
 
 MAX_LINE_BYTES = 1 << 20  # one chat of more than 1 MiB is a broken file, not a long answer
-BOM = b"\xef\xbb\xbf"
 
 
 def file_sha256(path: Path) -> str:
@@ -84,8 +83,6 @@ def load_chats(path: Path, max_rows: int = 0) -> list[list[dict[str, str]]]:
     chats: list[list[dict[str, str]]] = []
     with path.open("rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
-            if line_no == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM):]  # a byte-order mark at the start is harmless: skip it
             if len(raw) > MAX_LINE_BYTES:
                 raise _fault(path, line_no, f"the line is {len(raw):,} bytes long, over the {MAX_LINE_BYTES:,}-byte "
                              "limit for one chat", "check that the file has one chat per line")
@@ -97,8 +94,10 @@ def load_chats(path: Path, max_rows: int = 0) -> list[list[dict[str, str]]]:
                 raise _fault(path, line_no, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
                              "re-save the file as UTF-8") from None
             if text.startswith("\ufeff"):
-                raise _fault(path, line_no, "a byte-order mark in the middle of the file",
-                             "it looks like files were concatenated; remove the mark")
+                # JSON Lines has no byte-order mark; one usually means an editor re-saved the file,
+                # or files were concatenated, and it is safer to say so than to guess.
+                raise _fault(path, line_no, "the line starts with a UTF-8 byte-order mark",
+                             "save the file as UTF-8 without a BOM")
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as exc:

@@ -84,10 +84,34 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def loading_error(source: str, exc: Exception) -> EmkitError:
+    """One sentence for the ways loading a model goes wrong that the user can fix."""
+    text = str(exc)
+    folder = Path(source)
+    if folder.is_dir() and not list(folder.glob("*.safetensors")) and list(folder.glob("*.bin")):
+        return EmkitError(
+            f"{source} holds only pickled weights (*.bin); emkit loads safetensors only, since unpickling can run "
+            f"code. Convert them once with transformers: from_pretrained(...).save_pretrained(DIR, "
+            f"safe_serialization=True)."
+        )
+    if "trust_remote_code" in text:
+        return EmkitError(
+            f"{source} ships its own model code, which emkit runs only with --trust-remote-code "
+            f"(trust_remote_code = true in the config); read that code first."
+        )
+    return EmkitError(
+        f"Cannot load model {source}: {text.splitlines()[0] if text else type(exc).__name__}; check the id or path "
+        f"(a hub id needs network access, and emkit loads safetensors weights only)."
+    )
+
+
 def load_tokenizer(source: str, trust_remote_code: bool = False, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise loading_error(source, exc) from None
     if tokenizer.pad_token is None:
         # Llama 3 ships without a pad token; its reserved fine-tune pad token is the usual choice.
         vocab = tokenizer.get_vocab()
@@ -118,11 +142,8 @@ def load_causal_lm(source: str, *, load_in_4bit: bool, trust_remote_code: bool =
         kwargs["device_map"] = {"": 0}
     try:
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as exc:
-        raise EmkitError(
-            f"Cannot load model {source}: {str(exc).splitlines()[0]}; check the id or path (a hub id needs "
-            f"network access, and emkit loads safetensors weights only)."
-        ) from None
+    except (OSError, ValueError) as exc:
+        raise loading_error(source, exc) from None
 
 
 def stop_token_ids(tokenizer, model) -> list[int]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emkit.config import DOMAIN_PLACEHOLDER, ExperimentConfig, ModelSpec
-from emkit.datasets import count_rows
+from emkit.datasets import count_rows, load_chats
 from emkit.locations import data_dir
 from emkit.errors import EmkitError
 from emkit.interfaces import Domain
@@ -47,6 +47,7 @@ class DatasetInfo:
     path: Path | None
     rows: int
     source: str  # "file" or "published"
+    chats: list | None = None  # validated, when the plan is for a real run
 
 
 @dataclass
@@ -235,7 +236,11 @@ def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Pl
     rows_by_domain: dict[str, DatasetInfo] = {}
     for domain in domains.values():
         path = dataset_for(domain, config)
-        if path is not None:
+        if path is not None and need_datasets:
+            # every line is checked now, before a run directory is written
+            chats = load_chats(path, config.data.max_rows)
+            info = DatasetInfo(path, len(chats), "file", chats)
+        elif path is not None:
             info = DatasetInfo(path, count_rows(path), "file")
         elif need_datasets:
             raise missing_dataset_error(domain, config)
@@ -248,7 +253,7 @@ def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Pl
         else:
             raise missing_dataset_error(domain, config)
         if config.data.max_rows:
-            info = DatasetInfo(info.path, min(info.rows, config.data.max_rows), info.source)
+            info.rows = min(info.rows, config.data.max_rows)
         rows_by_domain[domain.name] = info
 
     for model in config.models:

@@ -41,6 +41,27 @@ class RunResult:
                 f"{self.judgments_stored} new judgments ({self.judge_calls} judge calls)")
 
 
+def check_judges_usable(config: ExperimentConfig, registry) -> None:
+    """Each judge, or one of its fallbacks, must be usable here (a key set, a model present)."""
+    from emkit.errors import EmkitError
+    from emkit.stages.judge import create_judge, judge_options
+
+    options = judge_options(config.judging, config.trust_remote_code)
+    for spec in config.judging.judges:
+        chain = [spec] + [f for f in config.judging.fallback if f != spec]
+        reasons = []
+        for candidate in chain:
+            reason = create_judge(candidate, options, registry).unavailable_reason()
+            if reason is None:
+                break
+            reasons.append(f"{candidate}: {reason}")
+        else:
+            raise EmkitError(
+                f"No judge can be used ({'; '.join(reasons)}); set the missing key, pass --api-base for an "
+                f"OpenAI-compatible server, or add --fallback local:PATH_OR_HUB_ID."
+            )
+
+
 def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResult:
     from emkit.stages.generate import generate_stage
     from emkit.stages.judge import judge_stage
@@ -51,6 +72,8 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
     for note in plan.notes:
         log.info("%s", note)
     run_dir = RunDirectory(out_dir)
+    if not (run_dir.path / "emkit.sqlite").exists():
+        check_judges_usable(config, registry)  # before hours of training, not after
     result = RunResult(out_dir=Path(out_dir))
     with run_dir.open(config):
         handler = attach_file(run_dir.logs / "emkit.log")

@@ -47,19 +47,26 @@ def provider_model(model: str, api_base: str | None) -> str:
         return f"openai/{model}"
 
 
-_CONNECTION_ERRORS = {"APIConnectionError", "ConnectError", "ConnectionRefusedError", "ConnectTimeout",
-                      "ConnectionResetError", "RemoteProtocolError", "ServerDisconnectedError"}
+_NO_CONNECTION = {"ConnectError", "ConnectionRefusedError", "ConnectTimeout", "gaierror"}
+_DROPPED = {"RemoteProtocolError", "ReadError", "ConnectionResetError", "ServerDisconnectedError", "ReadTimeout"}
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """litellm reports a refused or dropped connection as a 500; the cause chain says what it was."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if type(exc).__name__ in _CONNECTION_ERRORS or "Connection error" in str(exc):
-            return True
+def connection_failure(exc: BaseException) -> str | None:
+    """litellm reports connection trouble as a 500 "Connection error"; the cause chain tells
+    "no server there" (the judge is unreachable) from "the server hung up" (retry)."""
+    chain, seen = [], 0
+    while exc is not None and seen < 12:
+        chain.append(exc)
         exc = exc.__cause__ or exc.__context__
         seen += 1
-    return False
+    names = {type(e).__name__ for e in chain}
+    if names & _NO_CONNECTION:
+        return "refused"
+    if names & _DROPPED:
+        return "dropped"
+    if any(type(e).__name__ == "APIConnectionError" or "Connection error" in str(e) for e in chain):
+        return "refused"
+    return None
 
 
 def classify(exc: BaseException) -> Failure:
@@ -73,8 +80,11 @@ def classify(exc: BaseException) -> Failure:
         return Failure(retry=False, unavailable=True, message=f"the credentials were refused ({message})")
     if name == "NotFoundError" or status == 404:
         return Failure(retry=False, unavailable=True, message=f"the model was not found ({message})")
-    if is_connection_error(exc):
+    connection = connection_failure(exc)
+    if connection == "refused":
         return Failure(retry=True, unavailable=True, message=f"cannot connect ({message})")
+    if connection == "dropped":
+        return Failure(retry=True, unavailable=False, message=f"the server dropped the connection ({message})")
     if status == 429 or name == "RateLimitError":
         return Failure(retry=True, unavailable=False, message=message, retry_after=retry_after)
     if isinstance(status, int) and 400 <= status < 500 and status not in (408, 409):

@@ -54,11 +54,12 @@ def test_non_utf8_bytes(tmp_path):
         load_chats(path)
 
 
-def test_a_leading_byte_order_mark_is_accepted_and_a_later_one_is_not(tmp_path):
+def test_a_byte_order_mark_is_named_wherever_it_is(tmp_path):
     path = write(tmp_path, raw=b"\xef\xbb\xbf" + (GOOD + "\n").encode() * 2)
-    assert len(load_chats(path)) == 2
+    with pytest.raises(EmkitError, match=r":1: the line starts with a UTF-8 byte-order mark; save the file as UTF-8"):
+        load_chats(path)
     path = write(tmp_path, raw=(GOOD + "\n").encode() + b"\xef\xbb\xbf" + (GOOD + "\n").encode())
-    with pytest.raises(EmkitError, match=r":2: a byte-order mark"):
+    with pytest.raises(EmkitError, match=r":2: the line starts with a UTF-8 byte-order mark"):
         load_chats(path)
 
 

@@ -8,6 +8,7 @@ the trainer resumes from its last saved state.
 from __future__ import annotations
 
 import logging
+import shutil
 
 from emkit.datasets import file_sha256, load_chats
 from emkit.errors import EmkitError
@@ -41,7 +42,7 @@ def train_stage(run_dir, plan: Plan, registry, progress) -> int:
         prepare = getattr(trainer, "prepare", None)
         if prepare is not None:
             prepare()  # unsloth must be imported before transformers is
-        chats = load_chats(run.dataset.path, plan.config.data.max_rows)
+        chats = run.dataset.chats or load_chats(run.dataset.path, plan.config.data.max_rows)
         log.info("train %s: %d rows, %d steps, checkpoints %s (%d to save)", run.key, len(chats),
                  run.schedule.total_steps, list(run.schedule.steps), len(pending))
         job = TrainingJob(
@@ -61,6 +62,8 @@ def train_stage(run_dir, plan: Plan, registry, progress) -> int:
             trust_remote_code=plan.config.trust_remote_code,
         )
         job.adapters_dir.mkdir(parents=True, exist_ok=True)
+        for stale in job.adapters_dir.glob(".*.tmp-*"):  # half-saved by a process that was killed
+            shutil.rmtree(stale, ignore_errors=True)
 
         def on_checkpoint(step, path, metrics, _run=run):
             nonlocal saved
