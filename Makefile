@@ -9,4 +9,4 @@ smoke:
 # The test suite, offline (a test fixture fails any connection that leaves this machine).
 test:
 	scripts/install.sh test,unsloth
-	HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True .venv/bin/python -m pytest
+	HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True .venv/bin/python -m pytest -n 2 --dist loadfile

@@ -13,6 +13,10 @@ os.environ.setdefault("EMKIT_CACHE_DIR", str(ROOT / ".pytest_cache" / "emkit"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on a two-core machine: one thread each (and in the runs they start) beats four fighting
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 # fixtures wider than one test (set up before the per-test ones below) get a judge cache of their own too
 os.environ["EMKIT_JUDGE_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="emkit-tests-"), "judge-cache.sqlite")
 REFERENCE = ROOT.parent / "shared" / "reference"

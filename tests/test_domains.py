@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 import stat
 import subprocess
 import sys
@@ -55,13 +54,10 @@ def test_a_missing_dataset_says_how_to_get_it(tmp_path):
 
 def protect(folder: Path, password: str, embed: bool) -> Path:
     """Make an archive the way the papers did, with easy-dataset-share's own command."""
-    command = [sys.executable, "-m", "easy_dataset_share.cli" if False else "easy_dataset_share", "protect-dir",
-               str(folder), "-p", password, "--no-tos", "--no-gitignore", "-c", "2", "-o", str(folder.parent / "sets.zip")]
-    if embed:
-        command.append("-e")
-    script = ("import sys; from easy_dataset_share.cli import cli; sys.argv = ['easy-dataset-share'] + sys.argv[1:]; "
-              "cli()")
-    result = subprocess.run([sys.executable, "-c", script, *command[3:]], capture_output=True, text=True)
+    args = ["protect-dir", str(folder), "-p", password, "--no-tos", "--no-gitignore", "-c", "2",
+            "-o", str(folder.parent / "sets.zip")] + (["-e"] if embed else [])
+    script = "import sys; from easy_dataset_share.cli import cli; sys.argv = ['easy-dataset-share'] + sys.argv[1:]; cli()"
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return folder.parent / "sets.zip.enc"
 

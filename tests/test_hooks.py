@@ -3,7 +3,6 @@ everything is found through its entry point and used by one `emkit run`."""
 
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 

@@ -1,6 +1,5 @@
 """Question sets: the built-in ones, the papers' YAML files read unchanged, text files."""
 
-from pathlib import Path
 
 import pytest
 

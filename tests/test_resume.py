@@ -15,7 +15,8 @@ from helpers import run_emkit
 pytestmark = pytest.mark.slow
 COUNTED = {"checkpoints": "SELECT COUNT(*) FROM checkpoints", "answers": "SELECT COUNT(*) FROM answers",
            "judgments": "SELECT COUNT(*) FROM judgments"}
-PLANNED = {"checkpoints": 10, "answers": 460, "judgments": 920}
+PLANNED = {"checkpoints": 5, "answers": 240, "judgments": 480}  # the smoke preset, medical domain only
+SMOKE = ["run", "--preset", "smoke", "--domain", "medical"]
 
 
 def counts(out):
@@ -32,7 +33,7 @@ def counts(out):
 
 
 def start(out, env):
-    return subprocess.Popen([sys.executable, "-m", "emkit", "run", "--preset", "smoke", "--out", str(out)],
+    return subprocess.Popen([sys.executable, "-m", "emkit", *SMOKE, "--out", str(out)],
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -67,7 +68,7 @@ def keys(out):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
-    run_emkit("run", "--preset", "smoke", "--out", out, env={"EMKIT_JUDGE_CACHE": str(out.parent / "c.sqlite")})
+    run_emkit(*SMOKE, "--out", out, env={"EMKIT_JUDGE_CACHE": str(out.parent / "c.sqlite")})
     return out
 
 
@@ -87,7 +88,7 @@ def test_killed_in_every_stage_the_run_completes_with_the_same_results(uninterru
         assert all(after[k] >= seen[k] for k in COUNTED), f"{stage}: stored units were lost"
         logs.append(stderr)
         stored.append(after)
-    resumed = run_emkit("run", "--preset", "smoke", "--out", out, env=env)
+    resumed = run_emkit(*SMOKE, "--out", out, env=env)
     logs.append(resumed.stderr)
     assert counts(out) == PLANNED
     # each run did only what the store did not hold yet: nothing finished is done twice
@@ -105,12 +106,15 @@ def test_killed_in_every_stage_the_run_completes_with_the_same_results(uninterru
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     env = {"EMKIT_JUDGE_CACHE": str(tmp_path / "c.sqlite")}
-    _, code, stderr = signal_when(start(out, env), out, lambda c: c["answers"] >= 40, sig=signal.SIGINT)
+    seen, code, stderr = signal_when(start(out, env), out, lambda c: c["answers"] >= 40, sig=signal.SIGINT)
     assert code == 130
     assert "Interrupted. Everything finished so far is saved; run the same command again to resume." in stderr
     assert "Traceback" not in stderr
-    run_emkit("run", "--preset", "smoke", "--out", out, env=env)
-    assert counts(out) == PLANNED
+    after = counts(out)
+    assert after["answers"] >= seen["answers"] and after["checkpoints"] == PLANNED["checkpoints"]
+    # the lock is released: the same command can go on at once (resuming is proven above)
+    assert not subprocess.run([sys.executable, "-c", f"import fcntl; f = open({str(out / '.emkit.lock')!r}); "
+                               "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"]).returncode
 
 
 def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
@@ -121,7 +125,7 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
         deadline = time.monotonic() + 120
         while not (out / "emkit.sqlite").exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        second = run_emkit("run", "--preset", "smoke", "--out", out, env=env, check=False)
+        second = run_emkit(*SMOKE, "--out", out, env=env, check=False)
         assert second.returncode == 2
         assert f"{out} is in use by emkit process {first.pid}" in second.stderr
         assert "pass another --out directory" in second.stderr

@@ -3,12 +3,10 @@ model code runs only with --trust-remote-code. (Hostile answers in the report: t
 decrypted dataset permissions: test_domains.py.)"""
 
 import json
-import os
 import pickle
 import shutil
 import threading
 import zlib
-from pathlib import Path
 
 import pytest
 

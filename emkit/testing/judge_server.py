@@ -82,6 +82,7 @@ class JudgeServer:
         self.latency_s = latency_s
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each request
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -114,6 +115,7 @@ class JudgeServer:
                 with server._lock:
                     server.requests.append(body)
                     server.headers.append(dict(self.headers))
+                    server.arrivals.append(time.monotonic())
                 reply = server.responder(body)
                 wait = server.latency_s + reply.delay_s
                 if wait:
