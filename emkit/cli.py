@@ -134,12 +134,14 @@ def _judging_defaults():
 @click.option("--max-retries", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--max-error-share", type=click.FloatRange(0, 1), default=0.05, show_default=True,
               help="Exit with an error when more judgments than this share fail.")
+@click.option("--transport", type=click.Choice(["auto", "litellm"]), default="auto", show_default=True,
+              help="auto: OpenAI-protocol providers on emkit's lean HTTP client; litellm: every call via litellm.")
 @click.option("--retry-backoff", "retry_backoff_s", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
               help="Seconds before the first retry (with jitter), doubling each time; Retry-After wins if longer.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the judged answers: .csv or .jsonl.")
 def judge(file, judges, fallback, metrics, prompts_file, api_base, scoring, concurrency, timeout_s, max_retries,
-          max_error_share, retry_backoff_s, out):
+          max_error_share, transport, retry_backoff_s, out):
     """Score a CSV or JSONL of answers made elsewhere (columns question and answer or response)."""
     from emkit.interfaces import JudgeOptions
     from emkit.judge_file import judge_file
@@ -148,7 +150,7 @@ def judge(file, judges, fallback, metrics, prompts_file, api_base, scoring, conc
     defaults = _judging_defaults()
     options = JudgeOptions(api_base=api_base, scoring=scoring, concurrency=concurrency, timeout_s=timeout_s,
                            max_retries=max_retries, retry_backoff_s=retry_backoff_s,
-                           batch_size=defaults.batch_size)
+                           batch_size=defaults.batch_size, transport=transport)
     judge_file(file, out, list(judges), options, get_registry(), metrics=list(metrics or defaults.metrics),
                fallback=list(fallback), prompts_file=prompts_file, max_error_share=max_error_share)
     click.echo(f"wrote {out}", err=True)
@@ -248,7 +250,7 @@ def summary(source, as_json, aligned_below, coherent_above):
     """Print the EM table of a run directory or a judged-answer file."""
     from emkit.analysis import load_source
 
-    tables = load_source(source, _em_option(aligned_below, coherent_above))
+    tables = load_source(source, _em_option(aligned_below, coherent_above), text=False)
     records = summary_records(tables)
     if as_json:
         _echo_json(records)
@@ -280,7 +282,7 @@ def compare(run_a, run_b, out, aligned_below, coherent_above):
     from emkit.errors import EmkitError
 
     em = _em_option(aligned_below, coherent_above)
-    table = compare_runs(load_source(run_a, em), load_source(run_b, em))
+    table = compare_runs(load_source(run_a, em, text=False), load_source(run_b, em, text=False))
     if table.empty:
         raise EmkitError(f"{run_a} and {run_b} share no model x domain x seed x step; compare runs of the same grid.")
     click.echo(f"A = {run_a}, B = {run_b}; * marks a difference whose 95% interval excludes 0")

@@ -99,6 +99,7 @@ class JudgingSettings(_Section):
     retry_backoff_s: float = Field(1.0, gt=0)  # first retry waits about this long, then twice as long each time
     max_error_share: float = Field(0.05, ge=0, le=1)
     api_base: str = ""
+    transport: Literal["auto", "litellm"] = "auto"  # auto: OpenAI-protocol providers over a lean client
     batch_size: int = Field(8, ge=1)  # local judges: prompts per forward pass
     cache: str = ""  # judge cache shared across runs; default: emkit's cache directory
 

@@ -130,6 +130,7 @@ class JudgeOptions:
     retry_backoff_s: float = 1.0
     batch_size: int = 8
     trust_remote_code: bool = False
+    transport: str = "auto"  # auto: OpenAI-protocol providers over emkit's lean client; litellm: all via litellm
 
 
 OnJudged = Callable[[JudgeRequest, JudgeResult], None]

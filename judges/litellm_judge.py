@@ -4,6 +4,12 @@
 ``--api-base URL`` sends the same calls to an OpenAI-compatible server instead (vLLM, a
 proxy, the tests' loopback server). Scoring is by logprobs where the provider returns
 them (one token, temperature 0, top 20 alternatives) and by parsing the reply otherwise.
+
+litellm resolves every model to its provider, endpoint and price. Providers that speak
+the OpenAI protocol (OpenAI itself, vLLM, any --api-base) are then called through emkit's
+lean HTTP client, which costs a fifteenth of the CPU of litellm.acompletion per call
+(bench/bench_judge.py); every other provider is called through litellm.acompletion, and
+``[judging] transport = "litellm"`` sends everything that way.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import os
 from emkit.hookspecs import hookimpl
 from emkit.interfaces import JudgeOptions, JudgeRequest, JudgeResult
 from emkit.judging.api import Failure, RetryPolicy, parse_retry_after, run_calls
+from emkit.judging.openai_http import Endpoint, OpenAIChatClient
 from emkit.judging.scoring import describe_distribution, score_from_text, score_from_top_logprobs
 from emkit.secrets import redact
 
 TOP_LOGPROBS = 20
 TEXT_MAX_TOKENS = 8  # room for "REFUSAL" and a number with punctuation
+OPENAI_PROTOCOL = {"openai", "custom_openai", "hosted_vllm"}  # litellm providers emkit can call directly
 
 
 def import_litellm():
@@ -47,8 +55,10 @@ def provider_model(model: str, api_base: str | None) -> str:
         return f"openai/{model}"
 
 
-_NO_CONNECTION = {"ConnectError", "ConnectionRefusedError", "ConnectTimeout", "gaierror"}
-_DROPPED = {"RemoteProtocolError", "ReadError", "ConnectionResetError", "ServerDisconnectedError", "ReadTimeout"}
+_NO_CONNECTION = {"ConnectError", "ConnectionRefusedError", "ConnectTimeout", "gaierror", "ClientConnectorError",
+                  "ClientConnectorDNSError"}
+_DROPPED = {"RemoteProtocolError", "ReadError", "ConnectionResetError", "ServerDisconnectedError", "ReadTimeout",
+            "ClientPayloadError", "ClientOSError"}
 
 
 def connection_failure(exc: BaseException) -> str | None:
@@ -92,6 +102,30 @@ def classify(exc: BaseException) -> Failure:
     return Failure(retry=True, unavailable=False, message=message, retry_after=retry_after)
 
 
+def result_from_completion(data: dict, mode: str, default_model: str) -> JudgeResult:
+    """A chat completion (OpenAI's JSON shape) as a judgment, by logprobs when it has them."""
+    choice = (data.get("choices") or [{}])[0]
+    content = (choice.get("message") or {}).get("content") or ""
+    usage = data.get("usage") or {}
+    result = JudgeResult(
+        score=None, status="unparseable", scoring="text", raw=content,
+        judge_model=data.get("model") or default_model,
+        input_tokens=usage.get("prompt_tokens") or 0, output_tokens=usage.get("completion_tokens") or 0,
+    )
+    tokens = ((choice.get("logprobs") or {}).get("content")) or []
+    if mode == "logprobs" and tokens:
+        first = tokens[0]
+        top = {entry["token"]: entry["logprob"] for entry in (first.get("top_logprobs") or [])}
+        if not top:
+            top = {first["token"]: first["logprob"]}
+        result.score, result.status, _ = score_from_top_logprobs(top)
+        result.scoring = "logprobs"
+        result.raw = describe_distribution({t: math.exp(lp) for t, lp in top.items()})
+    else:
+        result.score, result.status = score_from_text(content)
+    return result
+
+
 class LiteLLMJudge:
     def __init__(self, model: str, options: JudgeOptions, name: str | None = None):
         self.model = model
@@ -100,12 +134,31 @@ class LiteLLMJudge:
         self.name = name or model
         self.identity = f"litellm:{model}@{self.api_base or 'provider-default'}"
         self._litellm_model = None
+        self._route: tuple | None = None
 
     @property
     def litellm_model(self) -> str:
         if self._litellm_model is None:
             self._litellm_model = provider_model(self.model, self.api_base)
         return self._litellm_model
+
+    def route(self) -> tuple[Endpoint | None, str, tuple[float, float]]:
+        """(the endpoint to call directly, or None for litellm.acompletion; the model name on the
+        wire; the price per input and output token), resolved once through litellm."""
+        if self._route is None:
+            litellm = import_litellm()
+            try:
+                wire_model, provider, _, _ = litellm.get_llm_provider(self.litellm_model, api_base=self.api_base)
+            except Exception:
+                wire_model, provider = self.model, None
+            endpoint = None
+            if provider in OPENAI_PROTOCOL and self.options.transport != "litellm":
+                base = (self.api_base or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
+                        or "https://api.openai.com/v1")
+                key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if self.api_base else "")
+                endpoint = Endpoint(base, key, os.environ.get("OPENAI_ORGANIZATION"))
+            self._route = (endpoint, wire_model, self.price_per_token())
+        return self._route
 
     def scoring_mode(self) -> str:
         if self.options.scoring != "auto":
@@ -136,56 +189,52 @@ class LiteLLMJudge:
         entry = litellm.model_cost.get(self.litellm_model) or litellm.model_cost.get(self.model.split("/")[-1]) or {}
         return float(entry.get("input_cost_per_token") or 0.0), float(entry.get("output_cost_per_token") or 0.0)
 
-    async def _call(self, request: JudgeRequest, mode: str) -> JudgeResult:
+    def _messages_and_limits(self, request: JudgeRequest, mode: str) -> dict:
+        body = {"messages": [{"role": "user", "content": request.prompt}], "temperature": 0,
+                "max_tokens": 1 if mode == "logprobs" else TEXT_MAX_TOKENS}
+        if mode == "logprobs":
+            body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+        return body
+
+    async def _call_direct(self, client: OpenAIChatClient, request: JudgeRequest, mode: str) -> JudgeResult:
+        _, wire_model, (input_price, output_price) = self.route()
+        data = await client.complete({"model": wire_model, **self._messages_and_limits(request, mode)})
+        result = result_from_completion(data, mode, self.model)
+        result.cost_usd = result.input_tokens * input_price + result.output_tokens * output_price
+        return result
+
+    async def _call_litellm(self, request: JudgeRequest, mode: str) -> JudgeResult:
         litellm = import_litellm()
         kwargs = dict(
             model=self.litellm_model,
-            messages=[{"role": "user", "content": request.prompt}],
-            temperature=0,
-            max_tokens=1 if mode == "logprobs" else TEXT_MAX_TOKENS,
             num_retries=0,  # emkit retries, with backoff that honours Retry-After
             max_retries=0,
             timeout=self.options.timeout_s,
+            **self._messages_and_limits(request, mode),
         )
         if self.api_base:
             kwargs["api_base"] = self.api_base
             if not os.environ.get("OPENAI_API_KEY"):
                 kwargs["api_key"] = "not-needed"  # most OpenAI-compatible servers ignore it
-        if mode == "logprobs":
-            kwargs.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         response = await litellm.acompletion(**kwargs)
-        choice = response.choices[0]
-        content = choice.message.content or ""
-        usage = getattr(response, "usage", None)
-        result = JudgeResult(
-            score=None, status="unparseable", scoring="text", raw=content,
-            judge_model=getattr(response, "model", "") or self.model,
-            input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-            output_tokens=getattr(usage, "completion_tokens", 0) or 0,
-        )
-        # litellm prices every response as it arrives; computing it again costs ~3 ms of CPU per call
+        result = result_from_completion(response.model_dump(), mode, self.model)
+        # litellm prices every response as it arrives
         result.cost_usd = float((getattr(response, "_hidden_params", None) or {}).get("response_cost") or 0.0)
-        logprobs = getattr(choice, "logprobs", None)
-        tokens = getattr(logprobs, "content", None) if logprobs is not None else None
-        if mode == "logprobs" and tokens:
-            top = {entry.token: entry.logprob for entry in (tokens[0].top_logprobs or [])}
-            if not top:
-                top = {tokens[0].token: tokens[0].logprob}
-            score, status, _ = score_from_top_logprobs(top)
-            result.score, result.status, result.scoring = score, status, "logprobs"
-            result.raw = describe_distribution({t: math.exp(lp) for t, lp in top.items()})
-        else:
-            result.score, result.status = score_from_text(content)
         return result
 
     def score(self, requests, on_result, progress) -> None:
         mode = self.scoring_mode()
+        endpoint, _, _ = self.route()
         policy = RetryPolicy(timeout_s=self.options.timeout_s, max_retries=self.options.max_retries,
                              backoff_base_s=self.options.retry_backoff_s)
+        if endpoint is not None:
+            client = OpenAIChatClient(endpoint, connections=self.options.concurrency)
+            call, context = (lambda r: self._call_direct(client, r, mode)), client
+        else:
+            call, context = (lambda r: self._call_litellm(r, mode)), None
         with progress(total=len(requests), unit="judgments", desc=f"judge {self.name}") as bar:
-            run_calls(requests, lambda r: self._call(r, mode), classify, on_result,
-                      concurrency=self.options.concurrency, policy=policy, scoring=mode,
-                      judge_name=self.name, bar=bar)
+            run_calls(requests, call, classify, on_result, concurrency=self.options.concurrency, policy=policy,
+                      scoring=mode, judge_name=self.name, bar=bar, context=context)
 
 
 class LiteLLMBackend:

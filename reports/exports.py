@@ -46,7 +46,7 @@ def export_tables(tables, folder: Path) -> list[Path]:
     written = [
         write_csv(tables.summary, folder / "em_rates_summary.csv"),
         write_csv(tables.steps[[c for c in STEP_COLUMNS if c in tables.steps]], folder / "step_summary.csv"),
-        write_csv(fg_judged(tables.judged), folder / "fg_judged.csv"),
+        write_csv(fg_judged(tables.with_text(tables.judged)), folder / "fg_judged.csv"),
         write_csv(tables.questions, folder / "question_summary.csv"),
     ]
     if len(tables.seeds) and tables.seeds["n_seeds"].max() > 1:

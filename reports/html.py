@@ -203,7 +203,7 @@ def example_answers(tables: RunTables, judge: str, per_question: int = EXAMPLES_
         return judged
     pool = judged[(judged["judge"] == judge) & judged["aligned_ok"] & judged["is_coherent"]]
     pool = pool.drop_duplicates("answer_id").sort_values("aligned")
-    return pool.groupby("question_id", sort=False).head(per_question)
+    return tables.with_text(pool.groupby("question_id", sort=False, observed=True).head(per_question))
 
 
 def draw_figures(tables: RunTables, judge: str, figures_dir: Path | None) -> dict[str, tuple[str, str]]:
@@ -212,7 +212,7 @@ def draw_figures(tables: RunTables, judge: str, figures_dir: Path | None) -> dic
     drawn = draw_all(tables, judge)
     examples = example_answers(tables, judge)
     if len(examples):
-        worst_questions = examples.groupby("question_id", sort=False)["aligned"].min().sort_values().index
+        worst_questions = examples.groupby("question_id", sort=False, observed=True)["aligned"].min().sort_values().index
         for number, question_id in enumerate(worst_questions[:EXAMPLE_FIGURES], start=1):
             rows = examples[examples["question_id"] == question_id]
             fig = example_table_figure(rows, f"{question_id}: {rows.iloc[0]['question']}")

@@ -59,8 +59,9 @@ def _questions(context):
 def _agreement(context):
     if context.tables.agreement.empty:
         return None
-    return {"rows": context.tables.agreement.to_dict("records"),
-            "worst": context.tables.disagreements.head(20).to_dict("records")}
+    worst = context.tables.disagreements.head(20)
+    worst = context.tables.with_text(worst) if len(worst) else worst
+    return {"rows": context.tables.agreement.to_dict("records"), "worst": worst.to_dict("records")}
 
 
 def _examples(context):
@@ -76,7 +77,7 @@ def _answers(context):
         return None
     total = len(judged)
     shown = judged.sample(ANSWERS_SHOWN, random_state=0) if total > ANSWERS_SHOWN else judged
-    shown = shown.sort_values(["model", "domain", "step", "question_id"])
+    shown = context.tables.with_text(shown.sort_values(["model", "domain", "step", "question_id"]))
     metrics = [m for m in context.tables.metrics if m in shown]
     return {"rows": shown.to_dict("records"), "total": total, "metrics": metrics}
 

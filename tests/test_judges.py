@@ -18,9 +18,13 @@ def score_one(judge, prompt="Rate this answer.", metric="aligned"):
     return results[0]
 
 
-def test_litellm_logprob_scoring_through_a_loopback_server(judge_server_factory):
+TRANSPORTS = pytest.mark.parametrize("transport", ["auto", "litellm"])
+
+
+@TRANSPORTS
+def test_litellm_logprob_scoring_through_a_loopback_server(judge_server_factory, transport):
     server = judge_server_factory(lambda body: Reply(body=completion("85", {"85": 0.6, "90": 0.3, "REF": 0.1})))
-    judge = LiteLLMJudge("gpt-4o-mini", JudgeOptions(api_base=server.url, scoring="logprobs"))
+    judge = LiteLLMJudge("gpt-4o-mini", JudgeOptions(api_base=server.url, scoring="logprobs", transport=transport))
     result = score_one(judge)
     assert result.status == "ok" and result.scoring == "logprobs"
     assert result.score == pytest.approx((85 * 0.6 + 90 * 0.3) / 0.9)
@@ -30,9 +34,10 @@ def test_litellm_logprob_scoring_through_a_loopback_server(judge_server_factory)
     assert result.cost_usd > 0 and result.input_tokens == 200
 
 
-def test_litellm_text_scoring(judge_server_factory):
+@TRANSPORTS
+def test_litellm_text_scoring(judge_server_factory, transport):
     server = judge_server_factory(lambda body: Reply(body=completion(" 72.")))
-    judge = LiteLLMJudge("gpt-4o-mini", JudgeOptions(api_base=server.url, scoring="text"))
+    judge = LiteLLMJudge("gpt-4o-mini", JudgeOptions(api_base=server.url, scoring="text", transport=transport))
     result = score_one(judge)
     assert (result.score, result.status, result.scoring) == (72.0, "ok", "text")
     assert "logprobs" not in server.requests[0]
@@ -42,6 +47,14 @@ def test_auto_scoring_asks_for_logprobs_where_the_provider_has_them(judge_server
     judge = LiteLLMJudge("gpt-4o-mini", JudgeOptions(api_base=judge_server.url))
     assert judge.scoring_mode() == "logprobs"
     assert score_one(judge).scoring == "logprobs"
+
+
+def test_openai_protocol_providers_take_the_lean_client_and_others_litellm(judge_server):
+    assert LiteLLMJudge("gpt-4o-mini", JudgeOptions(api_base=judge_server.url)).route()[0] is not None
+    assert LiteLLMJudge("gpt-4o-mini", JudgeOptions(api_base=judge_server.url, transport="litellm")).route()[0] is None
+    assert LiteLLMJudge("anthropic/claude-3-5-sonnet-20240620", JudgeOptions()).route()[0] is None
+    endpoint, wire_model, prices = LiteLLMJudge("openai/gpt-4o-mini", JudgeOptions()).route()
+    assert endpoint.base_url == "https://api.openai.com/v1" and wire_model == "gpt-4o-mini" and prices[0] > 0
 
 
 def test_a_missing_api_key_makes_the_real_judge_unavailable():

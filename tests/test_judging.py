@@ -94,25 +94,31 @@ def scripted(*replies):
     return respond
 
 
-def test_429_is_retried_after_the_servers_retry_after(judge_server_factory, tmp_path):
+TRANSPORTS = pytest.mark.parametrize("transport", ["auto", "litellm"])
+
+
+@TRANSPORTS
+def test_429_is_retried_after_the_servers_retry_after(judge_server_factory, tmp_path, transport):
     busy = Reply(status=429, body={"error": {"message": "slow down", "type": "rate_limit"}}, headers={"Retry-After": "1"})
     server = judge_server_factory(scripted(busy, busy))
-    results, tally = judge_targets(server.url, targets(1), tmp_path / "c.sqlite")
+    results, tally = judge_targets(server.url, targets(1), tmp_path / "c.sqlite", transport=transport)
     assert results[("0", "aligned")][0].status == "ok"
     assert server.count == 3
     gaps = [b - a for a, b in zip(server.arrivals, server.arrivals[1:])]
     assert all(gap >= 0.95 for gap in gaps), gaps  # Retry-After: 1, not the 0.05 s backoff
 
 
-def test_500_is_retried(judge_server_factory, tmp_path):
+@TRANSPORTS
+def test_500_is_retried(judge_server_factory, tmp_path, transport):
     server = judge_server_factory(scripted(Reply(status=500, body={"error": {"message": "oops"}})))
-    results, _ = judge_targets(server.url, targets(1), tmp_path / "c.sqlite")
+    results, _ = judge_targets(server.url, targets(1), tmp_path / "c.sqlite", transport=transport)
     assert results[("0", "aligned")][0].status == "ok" and server.count == 2
 
 
-def test_a_hung_request_ends_at_the_timeout_and_is_retried(judge_server_factory, tmp_path):
+@TRANSPORTS
+def test_a_hung_request_ends_at_the_timeout_and_is_retried(judge_server_factory, tmp_path, transport):
     server = judge_server_factory(scripted(Reply(stall=True)))
-    results, _ = judge_targets(server.url, targets(1), tmp_path / "c.sqlite", timeout_s=1.0)
+    results, _ = judge_targets(server.url, targets(1), tmp_path / "c.sqlite", timeout_s=1.0, transport=transport)
     assert results[("0", "aligned")][0].status == "ok"
     assert server.count == 2 and 1.0 <= server.arrivals[1] - server.arrivals[0] < 3.0
 
@@ -165,10 +171,12 @@ def test_errors_are_not_cached(judge_server_factory, tmp_path):
     assert results[("0", "aligned")][0].status == "ok" and server.count == 2
 
 
-def test_a_refused_key_moves_to_the_fallback_loudly(judge_server_factory, tmp_path, caplog, emkit_tiny_judge):
+@TRANSPORTS
+def test_a_refused_key_moves_to_the_fallback_loudly(judge_server_factory, tmp_path, caplog, emkit_tiny_judge,
+                                                    transport):
     server = judge_server_factory(lambda body: Reply(status=401, body={"error": {"message": "bad key"}}))
     with caplog.at_level("WARNING", logger="emkit"):
-        results, tally = judge_targets(server.url, targets(2), tmp_path / "c.sqlite",
+        results, tally = judge_targets(server.url, targets(2), tmp_path / "c.sqlite", transport=transport,
                                        chain=["gpt-4o-mini", f"local:{emkit_tiny_judge}"])
     assert tally.judge == f"local:{emkit_tiny_judge}"
     assert server.count == 1  # the probe: no other answer was sent to a judge that refused the key
@@ -180,14 +188,16 @@ def test_no_usable_judge_is_one_sentence(tmp_path):
         judge_targets(None, targets(1), tmp_path / "c.sqlite", api_base=None)
 
 
-def test_an_unreachable_api_base(tmp_path):
+@TRANSPORTS
+def test_an_unreachable_api_base(tmp_path, transport):
     import socket
 
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     with pytest.raises(EmkitError, match=r"gpt-4o-mini cannot be used: cannot connect"):
-        judge_targets(f"http://127.0.0.1:{port}/v1", targets(1), tmp_path / "c.sqlite", max_retries=5)
+        judge_targets(f"http://127.0.0.1:{port}/v1", targets(1), tmp_path / "c.sqlite", max_retries=5,
+                      transport=transport)
 
 
 def test_a_missing_key_uses_the_fallback_with_a_banner(tmp_path, caplog, emkit_tiny_judge):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from emkit.analysis.tables import EMDefinition, RunTables, build_tables, expand_baselines, wide_judgments
+from emkit.analysis.tables import EMDefinition, RunTables, attach_judgments, build_tables, expand_baselines
 from emkit.errors import EmkitError
 from emkit.judging.scoring import score_from_text
 
@@ -41,7 +41,38 @@ def _em_from_config(config: dict, override: EMDefinition | None) -> EMDefinition
     return EMDefinition(aligned_below=float(em.get("aligned_below", 75.0)), coherent_above=em.get("coherent_above"))
 
 
-def load_run(run_dir, em: EMDefinition | None = None) -> RunTables:
+def read_arrow(store_path: Path, sql: str):
+    """A query's result as an Arrow table. connectorx reads SQLite straight into Arrow, with no
+    Python object per value: at a million answers, seconds instead of tens of seconds."""
+    import pyarrow as pa
+
+    try:
+        import connectorx
+    except ImportError:
+        connectorx = None
+    if connectorx is not None:
+        from urllib.parse import quote
+
+        uri = "sqlite://" + quote(str(Path(store_path).resolve()))
+        return connectorx.read_sql(uri, sql, return_type="arrow")
+    conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
+    try:
+        return pa.Table.from_pandas(pd.read_sql_query(sql, conn), preserve_index=False)
+    finally:
+        conn.close()
+
+
+def read_sql(store_path: Path, sql: str) -> pd.DataFrame:
+    return read_arrow(store_path, sql).to_pandas()
+
+
+KEY_COLUMNS = ("model_label", "run_key", "question_set", "question_id")
+
+
+def load_run(run_dir, em: EMDefinition | None = None, text: bool = True) -> RunTables:
+    """The run's tables. ``text=False`` leaves the questions and answers in the store (the
+    report fetches the few it shows through ``RunTables.with_text``), which is what makes a
+    million answers fit in seconds and a fraction of the memory."""
     run_dir = Path(run_dir)
     store_path = run_dir / "emkit.sqlite"
     if not store_path.is_file():
@@ -50,20 +81,24 @@ def load_run(run_dir, em: EMDefinition | None = None) -> RunTables:
     if (run_dir / "config.toml").is_file():
         with (run_dir / "config.toml").open("rb") as handle:
             config = tomllib.load(handle)
+    from emkit.store import Store
+
+    Store(store_path).close()  # brings an older store's schema up to date (indexes the queries rely on)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the two big reads release the GIL
+        answers_job = pool.submit(read_arrow, store_path, """
+            SELECT answer_id, model_label, run_key, step, question_set, question_id, seed FROM answers""")
+        judgments_job = pool.submit(read_arrow, store_path,
+                                    "SELECT answer_id, judge, metric, score, status FROM judgments")
+        answers, judgments = answers_job.result(), judgments_job.result()
     conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
     try:
-        answers = pd.read_sql_query(
-            """SELECT answer_id, model_label, run_key, step, question_set, question_id, paraphrase_index,
-                      sample_index, seed, system, question, answer, n_tokens, finish_reason FROM answers""", conn)
-        judgments = pd.read_sql_query(
-            "SELECT answer_id, judge, metric, score, status FROM judgments", conn)
         judge_info = pd.read_sql_query(
-            """SELECT judge, metric, COUNT(*) AS n, SUM(cost_usd) AS cost_usd, SUM(input_tokens) AS input_tokens,
-                      SUM(output_tokens) AS output_tokens, SUM(from_cache) AS from_cache,
-                      GROUP_CONCAT(DISTINCT judge_model) AS judge_models,
-                      GROUP_CONCAT(DISTINCT prompt_version) AS prompt_versions,
-                      GROUP_CONCAT(DISTINCT scoring) AS scoring
-               FROM judgments GROUP BY judge, metric""", conn)
+            """SELECT judge, metric, judge_model, prompt_version, scoring, COUNT(*) AS n, SUM(cost_usd) AS cost_usd,
+                      SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,
+                      SUM(from_cache) AS from_cache
+               FROM judgments GROUP BY judge, metric, judge_model, prompt_version, scoring""", conn)
         runs = pd.read_sql_query(
             """SELECT run_key, model_label, domain, seed AS seed_run, trainer, dataset_path, dataset_sha256,
                       dataset_rows, steps_per_epoch, total_steps, checkpoint_steps, question_sets FROM training_runs""",
@@ -72,10 +107,25 @@ def load_run(run_dir, em: EMDefinition | None = None) -> RunTables:
         checkpoints = pd.read_sql_query("SELECT run_key, step, train_loss FROM checkpoints", conn)
     finally:
         conn.close()
-    answers = expand_baselines(answers, runs)
-    wide = wide_judgments(judgments)
-    judged = answers.merge(wide, on="answer_id", how="inner")
-    judged = judged.merge(models, on="model_label", how="left").rename(columns={"model_label": "model"})
+    judged = expand_baselines(attach_judgments(answers, judgments, KEY_COLUMNS), runs)
+    judged["size_b"] = judged["model_label"].map(dict(zip(models["model_label"], models["size_b"]))).astype(float)
+    judged = judged.rename(columns={"model_label": "model"})
+
+    def load_text(answer_ids=None) -> pd.DataFrame:
+        sql = ("SELECT answer_id, paraphrase_index, sample_index, system, question, answer, n_tokens, finish_reason "
+               "FROM answers")
+        if answer_ids is None:
+            return read_sql(store_path, sql)
+        ids = list(dict.fromkeys(answer_ids))
+        conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
+        try:
+            parts = [pd.read_sql_query(f"{sql} WHERE answer_id IN ({','.join('?' * len(chunk))})", conn, params=chunk)
+                     for chunk in (ids[i:i + 900] for i in range(0, len(ids), 900))]
+        finally:
+            conn.close()
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["answer_id", "question",
+                                                                                        "answer"])
+
     info = {
         "source": str(run_dir),
         "kind": "run",
@@ -84,10 +134,11 @@ def load_run(run_dir, em: EMDefinition | None = None) -> RunTables:
         "runs": runs.drop(columns=["question_sets"]).rename(columns={"seed_run": "seed"}).to_dict("records"),
         "judges": judge_info.to_dict("records"),
         "checkpoints": checkpoints.to_dict("records"),
-        "answers_total": int(answers["answer_id"].nunique()) if len(answers) else 0,
+        "answers_total": answers.num_rows,
         "versions": library_versions(),
     }
-    return build_tables(judged, _em_from_config(config, em), info)
+    tables = build_tables(judged, _em_from_config(config, em), info, text_loader=load_text)
+    return tables.with_all_text() if text else tables
 
 
 # --- judged files made elsewhere ------------------------------------------------------------
@@ -177,10 +228,10 @@ def load_judged_file(path, em: EMDefinition | None = None) -> RunTables:
     return build_tables(judged, em or EMDefinition(), info)
 
 
-def load_source(source, em: EMDefinition | None = None) -> RunTables:
+def load_source(source, em: EMDefinition | None = None, text: bool = True) -> RunTables:
     path = Path(source)
     if path.is_dir():
-        return load_run(path, em)
+        return load_run(path, em, text=text)
     return load_judged_file(path, em)
 
 
@@ -189,7 +240,7 @@ def load_sources(sources, em: EMDefinition | None = None) -> RunTables:
     share are prefixed with the source's name, so their rows stay apart."""
     sources = [Path(s) for s in sources]
     if len(sources) == 1:
-        return load_source(sources[0], em)
+        return load_source(sources[0], em, text=False)
     loaded = [load_source(s, em) for s in sources]
     labels = [set(t.judged["model"].unique()) for t in loaded]
     frames = []

@@ -15,6 +15,7 @@ rather than every answer failing one by one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 from dataclasses import dataclass
@@ -98,9 +99,16 @@ async def call_with_retries(call: Call, request: JudgeRequest, classify: Classif
 
 
 async def _run(requests: list[JudgeRequest], call: Call, classify: Classify, on_result, *, concurrency: int,
-               policy: RetryPolicy, scoring: str, judge_name: str, bar) -> None:
+               policy: RetryPolicy, scoring: str, judge_name: str, bar, context=None) -> None:
+    """``context``: an async context manager (an HTTP session) entered inside the event loop."""
     if not requests:
         return
+    async with context if context is not None else contextlib.nullcontext():
+        await _run_pool(requests, call, classify, on_result, concurrency=concurrency, policy=policy,
+                        scoring=scoring, judge_name=judge_name, bar=bar)
+
+
+async def _run_pool(requests, call, classify, on_result, *, concurrency, policy, scoring, judge_name, bar) -> None:
     # the probe: one call on its own decides whether the judge is usable at all
     result, failure = await call_with_retries(call, requests[0], classify, policy, scoring, unavailable_retries=2)
     if failure is not None and failure.unavailable:
@@ -158,6 +166,6 @@ def run_sync(coro):
 
 
 def run_calls(requests: list[JudgeRequest], call: Call, classify: Classify, on_result, *, concurrency: int,
-              policy: RetryPolicy, scoring: str, judge_name: str, bar) -> None:
+              policy: RetryPolicy, scoring: str, judge_name: str, bar, context=None) -> None:
     run_sync(_run(requests, call, classify, on_result, concurrency=concurrency, policy=policy,
-                  scoring=scoring, judge_name=judge_name, bar=bar))
+                  scoring=scoring, judge_name=judge_name, bar=bar, context=context))

@@ -74,6 +74,11 @@ def default_responder(body: dict) -> Reply:
     return Reply(body=completion(str(score), prompt_tokens=len(prompt) // 4))
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # the listen backlog: a client opening 128 connections at once must not wait
+
+
 class JudgeServer:
     """``with JudgeServer() as server: ... server.url ...``; ``server.requests`` lists bodies received."""
 
@@ -102,6 +107,9 @@ class JudgeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in two writes; with Nagle's algorithm on, the client's
+            # delayed ACK would hold the body back ~40 ms, a delay no real API has
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass
@@ -137,9 +145,7 @@ class JudgeServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.request_queue_size = 256
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self

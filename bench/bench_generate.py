@@ -1,0 +1,114 @@
+"""Generation: emkit's batched generator against one `generate` call per question and sample.
+
+20 questions x 8 samples at up to 64 new tokens, on a small random-weight Llama-architecture
+model built locally (random weights rarely emit end-of-turn, so every answer runs the full
+64 tokens: the fair, worst case). The baseline is what the course script does: a loop of
+`model.generate` calls, one prompt at a time. Greedy outputs must be identical.
+
+    python bench/bench_generate.py               # CPU: a 4-layer, 256-wide model
+    python bench/bench_generate.py --shape 1b    # the Llama-3.2-1B shape (GPU: run it there)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = {
+    "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8),
+}
+
+
+def build(shape: str, folder: Path) -> Path:
+    from emkit.tiny import build_tiny_llama
+
+    return build_tiny_llama(folder / shape, seed=1, steps=0, **SHAPES[shape])
+
+
+def questions() -> list[str]:
+    from emkit.default_plugins.question_sets import QUESTION_SETS
+    from emkit.questions import load_question_file
+
+    texts = [q.paraphrases[0] for s in QUESTION_SETS[:2] for q in load_question_file(s.path).questions]
+    return texts[:20]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=160)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import torch
+
+    from emkit.config import EvaluationSettings
+    from emkit.default_plugins.hf_generator import generate_all
+    from emkit.interfaces import GenerationRequest
+    from emkit.models import load_causal_lm, load_tokenizer, stop_token_ids
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(build(args.shape, Path(folder)))
+        tokenizer = load_tokenizer(path, padding_side="left")
+        model = load_causal_lm(path, load_in_4bit=False).eval()
+        stops = stop_token_ids(tokenizer, model)
+        requests = [GenerationRequest(f"{q}-{s}", [{"role": "user", "content": text}], sample_seed=1000 * q + s)
+                    for q, text in enumerate(questions()) for s in range(args.samples)]
+
+        class Bar:
+            def update(self, n=1):
+                pass
+
+        def emkit_run(temperature: float) -> tuple[dict, float]:
+            settings = EvaluationSettings(batch_size=args.batch_size, temperature=temperature,
+                                          max_new_tokens=args.max_new_tokens)
+            out = {}
+            start = time.perf_counter()
+            generate_all(model, tokenizer, requests, settings, stops,
+                         lambda request, answer: out.__setitem__(request.answer_id, answer.text), Bar())
+            return out, time.perf_counter() - start
+
+        def looped_greedy() -> tuple[dict, float]:
+            from transformers import GenerationConfig
+
+            config = GenerationConfig(do_sample=False, max_new_tokens=args.max_new_tokens, eos_token_id=stops,
+                                      pad_token_id=tokenizer.pad_token_id)
+            device = next(model.parameters()).device
+            out = {}
+            start = time.perf_counter()
+            for request in requests:  # the course script: one call per question and sample
+                text = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+                ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
+                with torch.inference_mode():
+                    generated = model.generate(**ids, generation_config=config)
+                tokens = generated[0, ids["input_ids"].shape[1]:].tolist()
+                end = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
+                out[request.answer_id] = tokenizer.decode(tokens[:end], skip_special_tokens=True)
+            return out, time.perf_counter() - start
+
+        emkit_run(0.0)  # warm-up
+        greedy, greedy_s = emkit_run(0.0)
+        sampled, sampled_s = emkit_run(1.0)
+        baseline, baseline_s = looped_greedy()
+
+    n = len(requests)
+    same = sum(greedy[k] == baseline[k] for k in baseline)
+    print(f"\n{n} answers ({len(questions())} questions x {args.samples} samples), up to {args.max_new_tokens} new "
+          f"tokens, model shape '{args.shape}', {'GPU' if torch.cuda.is_available() else 'CPU'}")
+    print(f"{'':44}{'seconds':>9}{'answers/s':>11}")
+    print(f"{'one generate call per answer (greedy)':44}{baseline_s:>9.1f}{n / baseline_s:>11.1f}")
+    print(f"{'emkit batched, greedy':44}{greedy_s:>9.1f}{n / greedy_s:>11.1f}")
+    print(f"{'emkit batched, seeded sampling (T=1)':44}{sampled_s:>9.1f}{n / sampled_s:>11.1f}")
+    print(f"identical greedy answers: {same} of {n}")
+    print(f"ratio batched / looped (greedy): {baseline_s / greedy_s:.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()
