@@ -25,23 +25,6 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
-class _Silent:
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def update(self, n=1):
-        pass
-
-    def set_postfix(self, text):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-
 @contextmanager
 def timed():
     box = {}
@@ -69,6 +52,7 @@ def run_emkit(url: str, n: int, concurrency: int, tag: str, transport: str = "au
     from emkit.interfaces import JudgeOptions
     from emkit.judging.cache import JudgeCache
     from emkit.plugins import get_registry
+    from emkit.progress import silent
     from emkit.stages.judge import JudgeTarget, judge_with_fallback
 
     class Discard:
@@ -82,7 +66,7 @@ def run_emkit(url: str, n: int, concurrency: int, tag: str, transport: str = "au
         cache = JudgeCache(Path(folder) / "cache.sqlite")
         with timed() as t:
             tally = judge_with_fallback(["gpt-4o-mini"], targets, options, get_registry(), Discard(), cache,
-                                        _Silent, 1.0)
+                                        silent, 1.0)
         cache.close()
     assert tally.statuses.get("ok") == n, tally.statuses
     return {"rate": n / t["wall"], "wall": t["wall"], "cpu_ms_per_call": 1000 * t["cpu"] / n}

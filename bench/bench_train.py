@@ -22,34 +22,18 @@ SETTINGS = dict(batch_size=4, grad_accum=2, learning_rate=1e-3, max_length=128, 
                 lora_alpha=32, warmup_steps=0, gradient_checkpointing=False, save_state_every=1000)
 
 
-class _Silent:
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def update(self, n=1):
-        pass
-
-    def set_postfix(self, text):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-
 def emkit_run(model_path: str, chats, out: Path) -> float:
     from emkit.config import TrainingSettings
     from emkit.default_plugins.peft_trainer import PeftTrainer
     from emkit.interfaces import TrainingJob
+    from emkit.progress import silent
 
     job = TrainingJob(run_key="bench", model_id=model_path, model_label="small", dataset_path=out / "data.jsonl",
                       chats=chats, settings=TrainingSettings(**SETTINGS), seed=0,
                       steps_per_epoch=len(chats) // 8, total_steps=STEPS, checkpoint_steps=CHECKPOINTS,
                       adapters_dir=out / "adapters", state_dir=out / "state")
     start = time.perf_counter()
-    PeftTrainer().train(job, lambda *args: None, _Silent)
+    PeftTrainer().train(job, lambda *args: None, silent)
     return time.perf_counter() - start
 
 

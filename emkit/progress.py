@@ -104,3 +104,25 @@ class Progress:
 def progress(total: int, unit: str = "items", desc: str = "") -> Progress:
     """The factory handed to plugins."""
     return Progress(total, unit, desc)
+
+
+class _Silent:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def silent(total: int = 0, unit: str = "items", desc: str = "") -> _Silent:
+    """A factory that shows nothing: for library use and benchmarks."""
+    return _Silent()

@@ -7,7 +7,7 @@ them (one token, temperature 0, top 20 alternatives) and by parsing the reply ot
 
 litellm resolves every model to its provider, endpoint and price. Providers that speak
 the OpenAI protocol (OpenAI itself, vLLM, any --api-base) are then called through emkit's
-lean HTTP client, which costs a fifteenth of the CPU of litellm.acompletion per call
+lean HTTP client, which costs a sixth of the CPU of litellm.acompletion per call
 (bench/bench_judge.py); every other provider is called through litellm.acompletion, and
 ``[judging] transport = "litellm"`` sends everything that way.
 """

@@ -126,3 +126,18 @@ def test_local_judge_scores_and_records_the_mass(emkit_tiny_judge):
     assert len(results) == 3
     assert all(r.scoring == "logprobs" and "mass:" in r.raw for r in results)
     assert judge.identity.startswith(f"local:{emkit_tiny_judge}@")
+
+
+@pytest.mark.slow
+def test_local_judge_text_scoring_parses_what_it_generates(emkit_tiny_judge):
+    from emkit.prompt_library import PromptLibrary
+    from emkit.questions import Question
+
+    library = PromptLibrary()
+    prompt = library.render(library.template_for("aligned", Question(id="q", paraphrases=["q"])), "Hi?",
+                            "Please see a doctor soon; they can examine you and suggest a safe treatment.")
+    judge = LocalJudge(str(emkit_tiny_judge), JudgeOptions(scoring="text"))
+    assert judge.scoring_mode() == "text"
+    result = score_one(judge, prompt)
+    assert result.scoring == "text" and result.status == "ok" and 0 <= result.score <= 100
+    assert result.raw.strip() == str(int(result.score))
