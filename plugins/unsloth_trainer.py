@@ -32,14 +32,18 @@ class UnslothTrainer:
         FastLanguageModel = _import_unsloth()
         import torch
 
-        from emkit.models import compute_dtype, device, load_tokenizer
+        from emkit.models import compute_dtype, device, load_tokenizer, loading_error
         from emkit.training.loop import train_lora
 
         settings = job.settings
-        model, _ = FastLanguageModel.from_pretrained(
-            job.model_id, max_seq_length=settings.max_length, load_in_4bit=settings.load_in_4bit,
-            dtype=None, trust_remote_code=job.trust_remote_code,
-        )
+        try:
+            model, _ = FastLanguageModel.from_pretrained(
+                job.model_id, max_seq_length=settings.max_length, load_in_4bit=settings.load_in_4bit,
+                dtype=None, trust_remote_code=job.trust_remote_code,
+                use_safetensors=True,  # passed on to transformers: a pickle is never unpickled
+            )
+        except (OSError, ValueError) as exc:
+            raise loading_error(job.model_id, exc) from None
         tokenizer = load_tokenizer(job.model_id, job.trust_remote_code)
         torch.manual_seed(job.seed)
         model = FastLanguageModel.get_peft_model(

@@ -2,6 +2,7 @@
 model code runs only with --trust-remote-code. (Hostile answers in the report: test_report.py;
 decrypted dataset permissions: test_domains.py.)"""
 
+import importlib.util
 import json
 import pickle
 import shutil
@@ -110,11 +111,16 @@ def test_pickled_weights_are_refused_and_never_unpickled(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_on_pickled_weights_stops_with_a_sentence(tmp_path):
+@pytest.mark.parametrize("trainer", [
+    "peft",
+    pytest.param("unsloth", marks=pytest.mark.skipif(importlib.util.find_spec("unsloth") is None,
+                                                       reason="unsloth is not installed (emkit[unsloth])")),
+])
+def test_a_run_on_pickled_weights_stops_with_a_sentence(tmp_path, trainer):
     marker = tmp_path / "unpickled"
     folder = pickled_only_model(tmp_path / "model", marker)
     result = run_emkit("run", "--preset", "smoke", "--domain", "medical", "--model", f"pickled={folder}",
-                       "--out", tmp_path / "run", check=False)
+                       "--trainer", trainer, "--out", tmp_path / "run", check=False)
     assert result.returncode == 2 and "holds only pickled weights" in result.stderr
     assert "Traceback" not in result.stderr and not marker.exists()
 
