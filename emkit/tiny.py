@@ -25,7 +25,7 @@ from pathlib import Path
 
 from emkit.locations import cache_dir
 
-VERSION = 5  # bump when what is built changes, so caches rebuild
+VERSION = 6  # bump when what is built changes, so caches rebuild
 SPECIAL_TOKENS = [
     "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
     "<|eot_id|>", "<|finetune_right_pad_id|>",
@@ -177,8 +177,11 @@ def build_tiny_llama(path: Path, seed: int = 0, tokenizer=None, steps: int = 150
         _train_full(model, tokenizer, chats, steps=steps, lr=3e-3, batch=8, rng=rng)
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     end = tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+    # The sampling defaults Llama 3 Instruct ships in its generation_config.json: transformers
+    # fills every generation setting emkit leaves unset from them, so the tests meet them too.
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=[eot, end], pad_token_id=tokenizer.pad_token_id,
+        do_sample=True, temperature=0.6, top_p=0.9,
     )
     _save_model(model, tokenizer, path)
     return path
