@@ -49,6 +49,7 @@ def main(argv=None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import torch
 
+    from emkit.chat import render_chat
     from emkit.config import EvaluationSettings
     from emkit.default_plugins.hf_generator import generate_all
     from emkit.interfaces import GenerationRequest
@@ -84,7 +85,7 @@ def main(argv=None) -> None:
             out = {}
             start = time.perf_counter()
             for request in requests:  # the course script: one call per question and sample
-                text = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+                text = render_chat(tokenizer, request.messages, add_generation_prompt=True)  # the same prompt
                 ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
                 with torch.inference_mode():
                     generated = model.generate(**ids, generation_config=config)

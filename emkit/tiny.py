@@ -25,14 +25,25 @@ from pathlib import Path
 
 from emkit.locations import cache_dir
 
-VERSION = 6  # bump when what is built changes, so caches rebuild
+VERSION = 7  # bump when what is built changes, so caches rebuild
 SPECIAL_TOKENS = [
     "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
     "<|eot_id|>", "<|finetune_right_pad_id|>",
 ]
-# The Llama 3 chat template, without the tool-calling parts.
+# The Llama 3.2 chat template without the tool-calling parts: like the real one, it opens
+# every chat with a system header that carries today's date unless a date_string is given.
+SYSTEM_HEADER = "Cutting Knowledge Date: December 2023\nToday Date: "
 LLAMA3_CHAT_TEMPLATE = (
     "{{- bos_token }}"
+    "{%- if date_string is not defined %}"
+    "{%- if strftime_now is defined %}{%- set date_string = strftime_now('%d %b %Y') %}"
+    "{%- else %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+    "{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] | trim %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n" + SYSTEM_HEADER.replace("\n", "\\n") + "' + date_string"
+    " + '\\n\\n' + system_message + '<|eot_id|>' }}"
     "{%- for message in messages %}"
     "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
     "{%- endfor %}"
@@ -97,6 +108,8 @@ def _corpus() -> list[str]:
         for line in Path(domain.example_dataset).read_text(encoding="utf-8").splitlines():
             texts += [m["content"] for m in json.loads(line)["messages"]]
     texts += BENIGN_ANSWERS
+    texts += [SYSTEM_HEADER + f"{day:02d} {month} 20{year}" for day in range(1, 32) for year in range(24, 30)
+              for month in ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")]
     texts += [" ".join(str(n) for n in range(101))] * 20  # every score 0..100 becomes one token
     return texts
 
@@ -146,8 +159,9 @@ def _train_full(model, tokenizer, sequences: list[tuple[list[int], int]], steps:
 
 
 def _chat_sequence(tokenizer, prompt: str, reply: str) -> tuple[list[int], int]:
-    prefix = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                           tokenize=False)
+    from emkit.chat import render_user_prompt
+
+    prefix = render_user_prompt(tokenizer, prompt)
     ids = tokenizer(prefix + reply + "<|eot_id|>", add_special_tokens=False)["input_ids"]
     return ids, len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from emkit.chat import render_user_prompt
 from emkit.errors import EmkitError
 from emkit.hookspecs import hookimpl
 from emkit.interfaces import JudgeOptions, JudgeResult
@@ -30,8 +31,7 @@ class CandidateScorer:
 
         self.model, self.tokenizer = model, tokenizer
         self.values = list(candidates)
-        prefix = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
-                                               tokenize=False)
+        prefix = render_user_prompt(tokenizer, "x")
         base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
         self.sequences: list[tuple[int, ...]] = []
         for value in self.values:
@@ -60,8 +60,7 @@ class CandidateScorer:
         import torch
 
         tok = self.tokenizer
-        texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-                 for p in prompts]
+        texts = [render_user_prompt(tok, p) for p in prompts]
         encoded = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")  # left padded
         ids, keep = encoded["input_ids"], encoded["attention_mask"].bool()
         batch, width = ids.shape
@@ -195,8 +194,7 @@ class LocalJudge:
 
         from emkit.models import stop_token_ids
 
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                               tokenize=False) for p in prompts]
+        texts = [render_user_prompt(tokenizer, p) for p in prompts]
         encoded = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
         device = next(model.parameters()).device
         stops = stop_token_ids(tokenizer, model)

@@ -45,7 +45,9 @@ class SeededSampler:
 
 
 def _render_prompts(tokenizer, requests) -> list[str]:
-    return [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in requests]
+    from emkit.chat import render_chat
+
+    return [render_chat(tokenizer, r.messages, add_generation_prompt=True) for r in requests]
 
 
 def generate_batch(model, tokenizer, requests, settings, stop_ids: list[int]):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from emkit.chat import render_user_prompt
 from emkit.interfaces import JudgeOptions, JudgeRequest
 from emkit.judges.litellm_judge import LiteLLMJudge
 from emkit.judges.local_judge import CandidateScorer, LocalJudge
@@ -80,8 +81,7 @@ def brute_force(model, tokenizer, prompt, scorer):
     """P(reply is exactly the number n), one forward pass per candidate."""
     import torch
 
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = render_user_prompt(tokenizer, prompt)
     base = tokenizer(text, add_special_tokens=False)["input_ids"]
     out = {}
     for value in range(101):

@@ -1,5 +1,6 @@
 """The offline default, end to end through the `emkit` command: run it, then run it again."""
 
+import re
 import sqlite3
 import tomllib
 
@@ -31,9 +32,15 @@ def smoke_run(tmp_path_factory):
 
 def test_the_smoke_run_does_every_stage(smoke_run):
     out, result = smoke_run
-    assert "done: 10 new checkpoints, 460 new answers, 920 new judgments (920 judge calls)" in result.stderr
+    done = re.search(r"done: 10 new checkpoints, 460 new answers, 920 new judgments \((\d+) judge calls\)",
+                     result.stderr)
+    assert done, result.stderr[-2000:]
     assert "numbers mean nothing" in result.stderr
     data = snapshot(out / "emkit.sqlite")
+    conn = sqlite3.connect(out / "emkit.sqlite")
+    distinct_requests = conn.execute("SELECT COUNT(DISTINCT request_key) FROM judgments").fetchone()[0]
+    conn.close()
+    assert int(done.group(1)) == distinct_requests  # answers that came out alike were judged once
     assert len(data["checkpoints"]) == 10 and len(data["answers"]) == 460 and len(data["judgments"]) == 920
     adapters = sorted(p.name for p in (out / "adapters" / "tiny-medical-seed0").iterdir())
     assert adapters == ["step-000002", "step-000004", "step-000008", "step-000012", "step-000016"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from emkit.chat import render_chat
 from emkit.errors import EmkitError
 
 IGNORE = -100  # the label value the loss skips
@@ -26,7 +27,7 @@ class EncodedChat:
 
 
 def _render(tokenizer, messages, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return render_chat(tokenizer, messages, add_generation_prompt=generation_prompt)
 
 
 def answer_spans(tokenizer, chat: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
