@@ -176,8 +176,10 @@ def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
             entry["cost"] += row.get("cost_usd") or 0.0
             entry["n"] += row.get("n") or 0
             entry["tokens"] += (row.get("input_tokens") or 0) + (row.get("output_tokens") or 0)
-            for key, column in (("models", "judge_models"), ("prompts", "prompt_versions"), ("scoring", "scoring")):
-                entry[key].update(x for x in str(row.get(column) or "").split(",") if x)
+            # one row per (judge, metric, judge model, prompt version, scoring) in the store
+            for key, column in (("models", "judge_model"), ("prompts", "prompt_version"), ("scoring", "scoring")):
+                if row.get(column):
+                    entry[key].add(str(row[column]))
         for judge, entry in by_judge.items():
             rows.append((f"Judge {judge}", f"{entry['n']:,} judgments by {', '.join(sorted(entry['models'])) or judge}"
                          f" ({', '.join(sorted(entry['scoring']))} scoring); prompts {', '.join(sorted(entry['prompts']))};"

@@ -8,6 +8,7 @@ import sqlite3
 import pytest
 
 import emkit
+from emkit.testing.judge_server import Reply, completion
 from helpers import run_emkit
 
 
@@ -80,6 +81,27 @@ def test_summary_and_report_of_a_run(smoke_run):
     assert (smoke_run / "report.html").is_file() and (smoke_run / "figures" / "em_trajectories.png").is_file()
     records = json.loads(run_emkit("summary", smoke_run, "--json", "--aligned-below", "30").stdout)
     assert all(r["em_rate"] <= 1 for r in records)
+
+
+def header_row(report: str, label: str) -> str:
+    start = report.index(f"<th>{label}</th>")
+    return report[start:report.index("</tr>", start)]
+
+
+@pytest.mark.slow
+def test_the_header_names_each_judges_snapshot_and_prompts(smoke_run, tmp_path, judge_server_factory):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    server = judge_server_factory(lambda body: Reply(body=completion("80", {"80": 1.0})))
+    run_emkit("run", "--preset", "smoke", "--domain", "medical", "--judge", "local:builtin:tiny-judge",
+              "--judge", "gpt-4o-mini", "--api-base", server.url, "--out", run,
+              env={"OPENAI_API_KEY": "sk-test-not-a-key", "EMKIT_JUDGE_CACHE": str(tmp_path / "cache.sqlite")})
+    report = (run / "report.html").read_text()
+    api = header_row(report, "Judge gpt-4o-mini")
+    assert "480 judgments by gpt-4o-mini-2024-07-18 (logprobs scoring)" in api  # the snapshot that answered
+    local = header_row(report, "Judge local:builtin:tiny-judge")
+    for row in (api, local):
+        assert "prompts/aligned.j2@" in row and "prompts/coherent.j2@" in row
 
 
 @pytest.mark.slow
