@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     from emkit.config import EvaluationSettings
     from emkit.default_plugins.hf_generator import generate_all
     from emkit.interfaces import GenerationRequest
-    from emkit.models import load_causal_lm, load_tokenizer, stop_token_ids
+    from emkit.models import greedy_generation_config, load_causal_lm, load_tokenizer, stop_token_ids
 
     with tempfile.TemporaryDirectory() as folder:
         path = str(build(args.shape, Path(folder)))
@@ -77,10 +77,7 @@ def main(argv=None) -> None:
             return out, time.perf_counter() - start
 
         def looped_greedy() -> tuple[dict, float]:
-            from transformers import GenerationConfig
-
-            config = GenerationConfig(do_sample=False, max_new_tokens=args.max_new_tokens, eos_token_id=stops,
-                                      pad_token_id=tokenizer.pad_token_id)
+            config = greedy_generation_config(args.max_new_tokens, stops, tokenizer.pad_token_id)
             device = next(model.parameters()).device
             out = {}
             start = time.perf_counter()

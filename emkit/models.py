@@ -146,6 +146,21 @@ def load_causal_lm(source: str, *, load_in_4bit: bool, trust_remote_code: bool =
         raise loading_error(source, exc) from None
 
 
+def greedy_generation_config(max_new_tokens: int, stop_ids: list[int], pad_token_id: int):
+    """Greedy decoding whatever the model's generation_config.json asks for.
+
+    transformers fills every setting a caller leaves unset from that file, and Llama 3
+    Instruct's asks for sampling at temperature 0.6 and top_p 0.9. emkit samples with its own
+    seeded processor (or decodes greedily), so sampling is switched off and the sampling knobs
+    are set to the values that mean "off": transformers then neither applies them nor warns
+    that they may be ignored.
+    """
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=False, temperature=1.0, top_p=1.0, top_k=50, max_new_tokens=max_new_tokens,
+                            eos_token_id=stop_ids, pad_token_id=pad_token_id)
+
+
 def stop_token_ids(tokenizer, model) -> list[int]:
     """End-of-turn and end-of-text ids: a Llama 3 answer ends at <|eot_id|>."""
     ids = []

@@ -190,16 +190,14 @@ class LocalJudge:
 
     def _generate(self, prompts, model, tokenizer) -> list[str]:
         import torch
-        from transformers import GenerationConfig
 
-        from emkit.models import stop_token_ids
+        from emkit.models import greedy_generation_config, stop_token_ids
 
         texts = [render_user_prompt(tokenizer, p) for p in prompts]
         encoded = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
         device = next(model.parameters()).device
         stops = stop_token_ids(tokenizer, model)
-        config = GenerationConfig(do_sample=False, max_new_tokens=8, eos_token_id=stops,
-                                  pad_token_id=tokenizer.pad_token_id)
+        config = greedy_generation_config(8, stops, tokenizer.pad_token_id)
         with torch.inference_mode():
             out = model.generate(**{k: v.to(device) for k, v in encoded.items()}, generation_config=config)
         return tokenizer.batch_decode(out[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -53,9 +53,10 @@ def _render_prompts(tokenizer, requests) -> list[str]:
 def generate_batch(model, tokenizer, requests, settings, stop_ids: list[int]):
     """Answers for one batch of requests, in order: (text, n_tokens, finish_reason)."""
     import torch
-    from transformers import GenerationConfig, LogitsProcessorList
+    from transformers import LogitsProcessorList
 
     from emkit.interfaces import GeneratedAnswer
+    from emkit.models import greedy_generation_config
 
     prompts = _render_prompts(tokenizer, requests)
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -66,10 +67,7 @@ def generate_batch(model, tokenizer, requests, settings, stop_ids: list[int]):
     processors = LogitsProcessorList()
     if settings.temperature > 0:
         processors.append(SeededSampler([r.sample_seed for r in requests], width, settings.temperature, settings.top_p))
-    config = GenerationConfig(
-        do_sample=False, max_new_tokens=settings.max_new_tokens, eos_token_id=stop_ids,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = greedy_generation_config(settings.max_new_tokens, stop_ids, tokenizer.pad_token_id)
     with torch.inference_mode():
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                 logits_processor=processors)
