@@ -152,8 +152,8 @@ def greedy_generation_config(max_new_tokens: int, stop_ids: list[int], pad_token
     transformers fills every setting a caller leaves unset from that file, and Llama 3
     Instruct's asks for sampling at temperature 0.6 and top_p 0.9. emkit samples with its own
     seeded processor (or decodes greedily), so sampling is switched off and the sampling knobs
-    are set to the values that mean "off": transformers then neither applies them nor warns
-    that they may be ignored.
+    are pinned to transformers' own defaults: unused when not sampling, so transformers
+    neither takes the model's values nor warns that they may be ignored.
     """
     from transformers import GenerationConfig
 

@@ -11,6 +11,7 @@ samples the same answers an uninterrupted one would.
 
 from __future__ import annotations
 
+from emkit.chat import render_chat
 from emkit.hookspecs import hookimpl
 
 _SEED_MASK = (1 << 63) - 1
@@ -45,8 +46,6 @@ class SeededSampler:
 
 
 def _render_prompts(tokenizer, requests) -> list[str]:
-    from emkit.chat import render_chat
-
     return [render_chat(tokenizer, r.messages, add_generation_prompt=True) for r in requests]
 
 
