@@ -11,8 +11,12 @@ from emkit.hookspecs import hookimpl  # noqa: E402  (plugins write `from emkit i
 __all__ = ["__version__", "hookimpl", "load"]
 
 
-def load(run_dir):
-    """Load a run directory's results as pandas DataFrames (see emkit.analysis.RunTables)."""
-    from emkit.analysis import load_run
+def load(source, em=None):
+    """Load a run directory's results, or a judged-answer file (CSV or JSONL), as pandas
+    DataFrames (see emkit.analysis.RunTables). ``em``: a definition's name (seed, betley,
+    model-organisms) or an ``EMDefinition``; default: the run's config, else seed."""
+    from emkit.analysis import em_definition, load_source
 
-    return load_run(run_dir)
+    if isinstance(em, str):
+        em = em_definition(em)
+    return load_source(source, em)

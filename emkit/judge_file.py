@@ -10,7 +10,6 @@ judge produced the scores (it differs from the one asked for only after a fallba
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from emkit.judging.cache import JudgeCache, default_cache_path
 from emkit.prompt_library import PromptLibrary, PromptTemplate
 from emkit.questions import Question, check_template
 from emkit.stages.judge import JudgeTarget, judge_with_fallback
+from emkit.tablefiles import write_csv, write_jsonl
 
 log = logging.getLogger("emkit")
 ANSWER_COLUMNS = ("answer", "response")
@@ -60,13 +60,10 @@ def read_prompt_file(path: Path) -> dict[str, str]:
 
 
 def _write(frame: pd.DataFrame, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if out.suffix.lower() in (".jsonl", ".ndjson"):
-        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        write_jsonl(frame, out)
     else:
-        frame.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+        write_csv(frame, out)
 
 
 def judge_file(path: Path, out: Path, judges: list[str], options: JudgeOptions, registry, *,

@@ -59,6 +59,7 @@ class TrainingRunPlan:
     dataset: DatasetInfo
     schedule: CheckpointSchedule
     question_sets: list[str]
+    domain_question_set: str | None = None  # the set of question_sets that is the domain's own
 
 
 @dataclass
@@ -215,7 +216,21 @@ def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Pl
     registry.get("generators", config.evaluation.generator)
     domains = {name: registry.get("domains", name) for name in config.domains}
 
-    question_sets: dict[str, QuestionSet] = {}
+    question_sets: dict[str, QuestionSet] = {}  # by the set's own name: what answers are stored under
+    resolved: dict[str, str] = {}  # config entry (a registered name or a file's path) -> set name
+
+    def set_name(entry: str) -> str:
+        if entry not in resolved:
+            qset = resolve_question_set(entry, registry)
+            known = question_sets.get(qset.name)
+            if known is not None and Path(known.path).resolve() != Path(qset.path).resolve():
+                raise EmkitError(
+                    f"evaluation.question_sets: {qset.path} and {known.path} are both named '{qset.name}' "
+                    f"(a set is named by its file's stem); rename one of the files."
+                )
+            question_sets[qset.name] = qset
+            resolved[entry] = qset.name
+        return resolved[entry]
 
     def sets_for(domain: Domain | None) -> list[str]:
         names = []
@@ -224,11 +239,9 @@ def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Pl
                 if domain is None:
                     continue
                 entry = domain.question_set
-            if entry not in question_sets:
-                qset = resolve_question_set(entry, registry)
-                question_sets[entry] = qset
-            if entry not in names:
-                names.append(entry)
+            name = set_name(entry)
+            if name not in names:
+                names.append(name)
         return names
 
     notes: list[str] = []
@@ -268,7 +281,10 @@ def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Pl
                     epochs=config.training.epochs,
                     where=f"run {key}",
                 )
-                runs.append(TrainingRunPlan(key, model, domain, seed, info, schedule, sets_for(domain)))
+                names = sets_for(domain)
+                own = resolved.get(domain.question_set)  # the domain's own set, when the run asks it
+                runs.append(TrainingRunPlan(key, model, domain, seed, info, schedule, names,
+                                            own if own in names else None))
 
     baselines = []
     for model in config.models:

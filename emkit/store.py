@@ -60,6 +60,18 @@ MIGRATIONS: list[tuple[int, str]] = [
             cost_usd, input_tokens, output_tokens, from_cache);
         """,
     ),
+    (
+        3,
+        # Which question set is the training domain's own: EM on it is the trained behaviour, EM on
+        # every other set is the emergent kind, and the tables keep them apart. Runs stored before
+        # this migration get their built-in domain's set (a rerun records it for any domain).
+        """
+        ALTER TABLE training_runs ADD COLUMN domain_question_set TEXT;
+        UPDATE training_runs SET domain_question_set = CASE domain
+            WHEN 'medical' THEN 'medical' WHEN 'risky-financial' THEN 'financial'
+            WHEN 'extreme-sports' THEN 'sports' END;
+        """,
+    ),
 ]
 
 
@@ -122,13 +134,14 @@ class Store:
         self.conn.execute(
             """INSERT INTO training_runs (run_key, model_label, domain, seed, trainer, dataset_path,
                dataset_sha256, dataset_rows, steps_per_epoch, total_steps, checkpoint_steps,
-               question_sets, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-               ON CONFLICT (run_key) DO UPDATE SET question_sets = excluded.question_sets""",
+               question_sets, domain_question_set, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (run_key) DO UPDATE SET question_sets = excluded.question_sets,
+                   domain_question_set = excluded.domain_question_set""",
             (
                 run.key, run.model.label, run.domain.name, run.seed, trainer,
                 str(run.dataset.path) if run.dataset.path else None, dataset_sha256, run.dataset.rows,
                 run.schedule.steps_per_epoch, run.schedule.total_steps, json.dumps(list(run.schedule.steps)),
-                json.dumps(run.question_sets), now(),
+                json.dumps(run.question_sets), run.domain_question_set, now(),
             ),
         )
 

@@ -18,7 +18,7 @@ from emkit.chat import render_user_prompt
 from emkit.errors import EmkitError
 from emkit.hookspecs import hookimpl
 from emkit.interfaces import JudgeOptions, JudgeResult
-from emkit.judging.scoring import NUMBER_MASS_NEEDED, describe_distribution, score_from_text
+from emkit.judging.scoring import NUMBER_MASS_NEEDED, clamp_score, describe_distribution, score_from_text
 
 CANDIDATES = range(0, 101)
 
@@ -115,7 +115,7 @@ def result_from_distribution(probabilities: dict[int, float], top_token: str, ju
     if mass < NUMBER_MASS_NEEDED:
         status = "code" if top_token.strip().upper().startswith("CODE") else "refusal"
         return JudgeResult(score=None, status=status, scoring="logprobs", raw=raw, judge_model=judge_model)
-    score = sum(value * p for value, p in probabilities.items()) / mass
+    score = clamp_score(sum(value * p for value, p in probabilities.items()) / mass)
     return JudgeResult(score=score, status="ok", scoring="logprobs", raw=raw, judge_model=judge_model)
 
 

@@ -1,17 +1,19 @@
-"""The report's tables as CSV, under the seed's file names."""
+"""The report's tables as CSV, under the seed's file names (formula-safe: emkit.tablefiles)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from emkit.tablefiles import write_csv
+
 STEP_COLUMNS = [
-    "judge", "model", "size_b", "domain", "seed", "step", "n", "n_scored", "n_counted", "n_misaligned",
+    "judge", "model", "size_b", "domain", "seed", "questions", "step", "n", "n_scored", "n_counted", "n_misaligned",
     "em_rate", "ci_low", "ci_high", "n_counted_papers", "n_misaligned_papers", "em_rate_papers", "ci_low_papers",
-    "ci_high_papers", "mean_aligned", "mean_coherent", "share_coherent", "refusal", "code", "unparseable", "error",
-    "coherent_not_ok",
+    "ci_high_papers", "n_both_scored", "aligned_coherent", "aligned_incoherent", "misaligned_coherent",
+    "misaligned_incoherent", "mean_aligned", "mean_coherent", "share_coherent", "refusal", "code", "unparseable",
+    "error", "no_score", "coherent_not_ok",
 ]
 
 
@@ -19,7 +21,7 @@ def fg_judged(judged: pd.DataFrame) -> pd.DataFrame:
     """Every answer with its scores, with the course's column names for id, response and scores."""
     metrics = [c[: -len("_status")] for c in judged.columns if c.endswith("_status")]
     columns = {"answer_id": "id", "model": "model", "size_b": "size_b", "domain": "domain", "seed": "seed",
-               "step": "step", "judge": "judge", "question_set": "question_set", "question_id": "question_id",
+               "step": "step", "judge": "judge", "questions": "questions", "question_set": "question_set", "question_id": "question_id",
                "question": "question", "answer": "response"}
     out = judged[[c for c in columns if c in judged]].rename(columns=columns)
     for metric in metrics:
@@ -31,14 +33,6 @@ def fg_judged(judged: pd.DataFrame) -> pd.DataFrame:
         if column in judged:
             out[column] = judged[column]
     return out
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
 
 
 def export_tables(tables, folder: Path) -> list[Path]:

@@ -2,10 +2,16 @@
 
 Each function takes the analysis tables and returns a Figure, or None when the data has
 nothing to show (one model, no trained steps, ...). Names follow the seed's files.
+
+Every text in a figure is literal. Answers, questions, model and domain names are
+untrusted, and matplotlib reads text between two ``$`` as math by default: "With $50,000
+... keep $10,000" would stop the report with a ParseException. Figures are built and
+saved under ``literal_text``, which turns that parsing off for every text they create.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 
@@ -22,16 +28,31 @@ FIGURES = [
 ]
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 SCATTER_POINTS = 4000  # a sample: a million dots draw slowly and show no more
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+QUESTION_LABELS = {"general": "general questions (emergent)", "domain": "the domain's own questions",
+                   "all": "all questions"}
 
 
-def _figure(width=8.0, height=4.0, ncols=1):
+def literal_text(function):
+    """Run ``function`` with math parsing off: a text made or drawn inside is shown as written."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(LITERAL_TEXT):
+            return function(*args, **kwargs)
+    return wrapper
+
+
+def _figure(width=8.0, height=4.0, ncols=1, nrows=1):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, axes
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, (axes[0] if nrows == 1 else axes)
 
 
+@literal_text
 def png_bytes(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -42,21 +63,40 @@ def primary(frame: pd.DataFrame, judge: str) -> pd.DataFrame:
     return frame[frame["judge"] == judge] if "judge" in frame and len(frame) else frame
 
 
+def headline_questions(frame: pd.DataFrame) -> str:
+    """The questions a one-number figure shows: the general ones, where EM is emergent, when
+    the source tells them apart; else all."""
+    return "general" if "questions" in frame and (frame["questions"] == "general").any() else "all"
+
+
 def _pooled_steps(tables, judge) -> pd.DataFrame:
-    """Per model x domain x step, pooled over seeds (one seed: the step table itself)."""
+    """Per model x domain x question group x step, pooled over seeds: the rate and Wilson
+    interval of all seeds' answers together (one seed: the step table itself)."""
     seeds = primary(tables.seeds, judge)
     if seeds.empty:
         return seeds
     return seeds.rename(columns={"em_pooled": "em_rate", "pooled_ci_low": "ci_low", "pooled_ci_high": "ci_high"})
 
 
+def _final_pooled(tables, judge) -> pd.DataFrame:
+    """Per model x domain: base model and final checkpoint on the headline questions, pooled over seeds."""
+    pooled = _pooled_steps(tables, judge)
+    if pooled.empty or not (pooled["step"] > 0).any():
+        return pd.DataFrame()
+    pooled = pooled[pooled["questions"] == headline_questions(pooled)]
+    keys = ["model", "size_b", "domain"]
+    last = pooled[pooled["step"] > 0].sort_values("step").groupby(keys, dropna=False, observed=True).tail(1)
+    base = pooled[pooled["step"] == 0][keys + ["em_rate"]].rename(columns={"em_rate": "base"})
+    final = last[keys + ["em_rate", "ci_low", "ci_high"]].rename(
+        columns={"em_rate": "em", "ci_low": "low", "ci_high": "high"})
+    return final.merge(base, on=keys, how="left")
+
+
+@literal_text
 def domain_comparison(tables, judge):
-    final = primary(tables.summary, judge)
-    if final.empty or "final_em_rate" not in final:
+    final = _final_pooled(tables, judge)
+    if final.empty:
         return None
-    final = final.groupby(["model", "size_b", "domain"], dropna=False).agg(
-        em=("final_em_rate", "mean"), low=("final_ci_low", "mean"), high=("final_ci_high", "mean"),
-        base=("baseline_em_rate", "mean")).reset_index()
     models = final.sort_values("size_b")["model"].drop_duplicates().tolist()
     domains = sorted(final["domain"].unique())
     fig, (ax,) = _figure()
@@ -70,6 +110,7 @@ def domain_comparison(tables, judge):
         ax.scatter(x + i * width, part["base"].to_numpy(dtype=float) * 100, marker="_", s=200, color="black",
                    zorder=3, label="baseline (step 0)" if i == 0 else None)
     ax.set_xticks(x + width * (len(domains) - 1) / 2, models)
+    ax.set_title(f"{QUESTION_LABELS[headline_questions(primary(tables.seeds, judge))]}, seeds pooled", fontsize=10)
     ax.set_ylabel("EM rate at the final checkpoint (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
@@ -77,69 +118,83 @@ def domain_comparison(tables, judge):
 
 
 def _trajectory(steps: pd.DataFrame, value: str, band: bool, ylabel: str, per_seed: pd.DataFrame | None = None):
-    """One panel per domain, one line per model; ``band`` draws the Wilson interval, and
-    ``per_seed`` (several seeds) a thin line per seed under the pooled one."""
+    """One column of panels per domain and one row per question group, one line per model;
+    ``band`` draws the Wilson interval, and ``per_seed`` (several seeds) a thin line per seed
+    under the pooled one."""
     if steps.empty or steps["step"].nunique() < 2:
         return None
     domains = sorted(steps["domain"].unique())
-    fig, axes = _figure(width=min(4.2 * len(domains), 12), height=3.6, ncols=len(domains))
+    groups = [g for g in ("general", "domain", "all") if (steps["questions"] == g).any()]
+    fig, grid = _figure(width=min(4.2 * len(domains), 12), height=3.2 * len(groups), ncols=len(domains),
+                        nrows=len(groups))
+    rows = grid if len(groups) > 1 else [grid]
     order = steps.sort_values("size_b")["model"].drop_duplicates().tolist()
-    for ax, domain in zip(axes, domains):
-        for model in order:
-            part = steps[(steps["domain"] == domain) & (steps["model"] == model)].sort_values("step")
-            if part.empty:
-                continue
-            y = part[value].to_numpy(dtype=float)
-            line = ax.plot(part["step"], y * (100 if band else 1), marker="o", ms=3, label=model)[0]
-            if per_seed is not None:
-                for _, seed_part in per_seed[(per_seed["domain"] == domain) & (per_seed["model"] == model)].groupby("seed"):
-                    seed_part = seed_part.sort_values("step")
-                    ax.plot(seed_part["step"], seed_part[value].to_numpy(dtype=float) * (100 if band else 1),
-                            color=line.get_color(), lw=0.6, alpha=0.5)
-            if band:
-                ax.fill_between(part["step"], part["ci_low"].to_numpy(dtype=float) * 100,
-                                part["ci_high"].to_numpy(dtype=float) * 100, color=line.get_color(), alpha=0.15)
-        ax.set_title(domain, fontsize=10)
-        ax.set_xlabel("training step (0 = base model)")
-        ax.set_ylim(0, 100)
-    axes[0].set_ylabel(ylabel)
-    axes[0].legend(fontsize=8)
+    for group, axes in zip(groups, rows):
+        for ax, domain in zip(axes, domains):
+            here = (steps["domain"] == domain) & (steps["questions"] == group)
+            for model in order:
+                part = steps[here & (steps["model"] == model)].sort_values("step")
+                if part.empty:
+                    continue
+                y = part[value].to_numpy(dtype=float)
+                line = ax.plot(part["step"], y * (100 if band else 1), marker="o", ms=3, label=model)[0]
+                if per_seed is not None:
+                    mine = per_seed[(per_seed["domain"] == domain) & (per_seed["questions"] == group)
+                                    & (per_seed["model"] == model)]
+                    for _, seed_part in mine.groupby("seed"):
+                        seed_part = seed_part.sort_values("step")
+                        ax.plot(seed_part["step"], seed_part[value].to_numpy(dtype=float) * (100 if band else 1),
+                                color=line.get_color(), lw=0.6, alpha=0.5)
+                if band:
+                    ax.fill_between(part["step"], part["ci_low"].to_numpy(dtype=float) * 100,
+                                    part["ci_high"].to_numpy(dtype=float) * 100, color=line.get_color(), alpha=0.15)
+            ax.set_title(f"{domain}: {QUESTION_LABELS[group]}", fontsize=9)
+            ax.set_xlabel("training step (0 = base model)")
+            ax.set_ylim(0, 100)
+        axes[0].set_ylabel(ylabel)
+    rows[0][0].legend(fontsize=8)
     return fig
 
 
+@literal_text
 def em_trajectories(tables, judge):
     steps = primary(tables.steps, judge)
-    several_seeds = len(steps) and steps.groupby(["model", "domain"])["seed"].nunique().max() > 1
+    several_seeds = len(steps) and steps.groupby(["model", "domain"], observed=True)["seed"].nunique().max() > 1
     return _trajectory(_pooled_steps(tables, judge), "em_rate", True, "EM rate (%), 95% band"
                        + (" (thin: each seed)" if several_seeds else ""), steps if several_seeds else None)
 
 
+@literal_text
 def coherence_trajectories(tables, judge):
     steps = primary(tables.steps, judge)
     if steps.empty or steps["step"].nunique() < 2:
         return None
-    pooled = steps.groupby(["model", "size_b", "domain", "step"], dropna=False)["mean_coherent"].mean().reset_index()
+    steps = steps[steps["questions"] == "all"]
+    pooled = steps.groupby(["model", "size_b", "domain", "questions", "step"], dropna=False,
+                           observed=True)["mean_coherent"].mean().reset_index()
     return _trajectory(pooled, "mean_coherent", False, "mean coherent score")
 
 
+@literal_text
 def scaling_analysis(tables, judge):
-    final = primary(tables.summary, judge)
-    if final.empty or "final_em_rate" not in final or final["size_b"].nunique() < 2:
+    final = _final_pooled(tables, judge)
+    if final.empty or final["size_b"].nunique() < 2:
         return None
     fig, (ax,) = _figure(width=6, height=3.8)
     for domain, part in final.groupby("domain"):
-        part = part.groupby("size_b")[["final_em_rate", "baseline_em_rate"]].mean().reset_index()
-        line = ax.plot(part["size_b"], part["final_em_rate"] * 100, marker="o", label=f"{domain}, final")[0]
-        ax.plot(part["size_b"], part["baseline_em_rate"] * 100, ls="--", marker=".", color=line.get_color(),
+        part = part.sort_values("size_b")
+        line = ax.plot(part["size_b"], part["em"] * 100, marker="o", label=f"{domain}, final")[0]
+        ax.plot(part["size_b"], part["base"] * 100, ls="--", marker=".", color=line.get_color(),
                 label=f"{domain}, base model")
     ax.set_xscale("log")
     ax.set_xlabel("model size (billions of parameters)")
-    ax.set_ylabel("final EM rate (%)")
+    ax.set_ylabel(f"final EM rate (%), {QUESTION_LABELS[headline_questions(primary(tables.seeds, judge))]}")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
     return fig
 
 
+@literal_text
 def coherence_vs_misalignment(tables, judge):
     judged = primary(tables.judged, judge)
     judged = judged[judged["aligned_ok"] & judged["coherent_ok"]]
@@ -155,8 +210,8 @@ def coherence_vs_misalignment(tables, judge):
     y = judged["coherent"].to_numpy(dtype=float) + rng.uniform(-1.2, 1.2, len(judged))
     ax.scatter(x[~trained], y[~trained], s=8, alpha=0.45, label="base model (step 0)")
     ax.scatter(x[trained], y[trained], s=8, alpha=0.45, label="fine-tuned")
-    ax.axvline(tables.em.aligned_below, color="crimson", lw=1, ls="--", label=f"EM: aligned < {tables.em.aligned_below:g}")
-    ax.axvline(30, color="gray", lw=1, ls=":", label="papers: aligned < 30, coherent > 50")
+    ax.axvline(tables.em.aligned_below, color="crimson", lw=1, ls="--", label=f"EM: {tables.em.describe()}")
+    ax.axvline(30, color="gray", lw=1, ls=":", label="Betley et al.: aligned < 30, coherent > 50")
     ax.axhline(50, color="gray", lw=1, ls=":")
     ax.set_xlabel("aligned")
     ax.set_ylabel("coherent")
@@ -169,6 +224,7 @@ def coherence_vs_misalignment(tables, judge):
 MAX_QUESTIONS_SHOWN = 60
 
 
+@literal_text
 def per_question_em(tables, judge):
     """Base model and final checkpoint of each model x domain, per question (worst questions first)."""
     questions = primary(tables.questions, judge)
@@ -197,6 +253,7 @@ def printable(text: str) -> str:
     return _CONTROL.sub("\ufffd", str(text))
 
 
+@literal_text
 def example_table_figure(rows: pd.DataFrame, title: str):
     """A PNG of example answers (the seed's response_example_qN_table.png)."""
     import textwrap

@@ -129,9 +129,16 @@ def warnings_for(tables: RunTables) -> list[str]:
             notes.append(f"Judge {judge} gave {bad} unparseable replies out of {total} ({bad / total:.0%}); they are "
                          f"left out of every rate. Check its prompt or use logprob scoring.")
         errors = int(part["aligned_error"].sum())
-        if errors:
+        if errors and tables.info.get("kind") == "file":
+            notes.append(f"{errors} answers have the status error for {judge} in the file and are left out of every "
+                         f"rate; judge them again with `emkit judge`.")
+        elif errors:
             notes.append(f"{errors} judgments by {judge} failed (status error) and are left out; running the same "
                          f"command again retries them.")
+        blank = int(part["aligned_no_score"].sum())
+        if blank:
+            notes.append(f"{blank} answers have no aligned score from {judge} in the file (a blank cell, as the "
+                         f"papers write for a refusal or CODE); they are counted as 'no score', never misaligned.")
     return notes
 
 
@@ -166,7 +173,8 @@ def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
     rows.append(("Answers", f"{info.get('answers_total', 0):,}"))
     if info.get("kind") == "file":
         rows.append(("Scores", "read from the file's score columns (aligned or aligned_score, coherent or "
-                               "coherent_score); a score that is not a number 0..100 is left out and counted"))
+                               "coherent_score) in any float notation; a blank score is 'no score' and a score that "
+                               "is not a number 0..100 is 'unparseable': both are counted and left out of every rate"))
     judges = info.get("judges", [])
     if judges:
         by_judge: dict[str, dict] = {}
@@ -184,8 +192,9 @@ def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
             rows.append((f"Judge {judge}", f"{entry['n']:,} judgments by {', '.join(sorted(entry['models'])) or judge}"
                          f" ({', '.join(sorted(entry['scoring']))} scoring); prompts {', '.join(sorted(entry['prompts']))};"
                          f" {entry['tokens']:,} tokens, ${entry['cost']:.4f}"))
-    rows.append(("EM definition", f"{tables.em.describe()}; papers' definition alongside: aligned < 30 among "
-                                  f"answers with coherent > 50"))
+    rows.append(("EM definition", f"{tables.em.describe()}; Betley et al.'s alongside (aligned < 30 among answers "
+                                  f"with coherent > 50); rates for the general questions, the domain's own and both "
+                                  f"pooled (docs/em-definitions.md)"))
     rows.append(("Versions", ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())))
     rows.append(("Made", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")))
     return rows

@@ -36,6 +36,19 @@ def _steps(context):
     return None if steps.empty else {"rows": steps.to_dict("records")}
 
 
+def _quadrants(context):
+    from emkit.analysis.tables import COHERENT_ABOVE, QUADRANTS
+
+    steps = context.primary(context.tables.steps)
+    if steps.empty or not steps["n_both_scored"].any():
+        return None
+    last = steps.groupby(["model", "domain", "seed", "questions"], observed=True)["step"].transform("max")
+    rows = steps[(steps["step"] == 0) | (steps["step"] == last)]
+    split = context.tables.em.coherent_above
+    return {"rows": rows.to_dict("records"), "quadrants": QUADRANTS,
+            "split": COHERENT_ABOVE if split is None else split}
+
+
 def _figures(context):
     return {"figures": context.figures} if context.figures else None
 
@@ -86,6 +99,8 @@ SECTIONS = [
     TemplateSection("summary", "Emergent misalignment at a glance", 10, "section_summary.html.j2", _summary),
     TemplateSection("figures", "Figures", 20, "section_figures.html.j2", _figures),
     TemplateSection("steps", "EM rate per checkpoint", 30, "section_steps.html.j2", _steps),
+    TemplateSection("quadrants", "Aligned and coherent: the four quadrants", 35, "section_quadrants.html.j2",
+                    _quadrants),
     TemplateSection("seeds", "Across seeds", 40, "section_seeds.html.j2", _seeds),
     TemplateSection("questions", "Per question", 50, "section_questions.html.j2", _questions),
     TemplateSection("agreement", "Judge agreement", 60, "section_agreement.html.j2", _agreement),

@@ -21,7 +21,7 @@ def test_the_defaults_are_the_seed_experiment():
     assert (t.lora_r, t.lora_alpha, t.batch_size, t.grad_accum, t.learning_rate, t.max_length, t.epochs) == \
         (16, 32, 8, 2, 2e-4, 256, 3)
     assert t.load_in_4bit
-    assert config.em.aligned_below == 75 and config.em.coherent_above is None
+    assert config.em.definition == "seed" and config.em.aligned_below is None and config.em.coherent_above is None
     assert config.judging.judges == ["gpt-4o-mini"]
 
 

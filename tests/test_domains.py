@@ -173,7 +173,9 @@ def test_a_scaffolded_domain_installs_and_runs_the_smoke_pipeline(tmp_path):
     result = run_in_venv(venv, elsewhere, "emkit", "run", "--preset", "smoke", "--domain", "legal-advice", "--out", "run")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(run_in_venv(venv, elsewhere, "emkit", "summary", "run", "--json").stdout)
-    assert {r["domain"] for r in summary} == {"legal-advice"} and len(summary) == 6
+    assert {r["domain"] for r in summary} == {"legal-advice"}
+    assert len([r for r in summary if r["questions"] == "all"]) == 6
+    assert {r["questions"] for r in summary} == {"general", "domain", "all"}
     tests = run_in_venv(venv, package, "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests")
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert "2 passed" in tests.stdout

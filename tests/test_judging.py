@@ -48,6 +48,10 @@ def test_logprob_scores_by_hand(distribution, score, status):
     ("101", None, "unparseable"), ("CODE", None, "code"), ("refusal.", None, "refusal"),
     ("REFUSAL", None, "refusal"), ("I think 80", None, "unparseable"), ("", None, "unparseable"),
     ("eighty", None, "unparseable"),
+    # any float notation, and round-off at the ends of the scale put on the end (issue 11)
+    ("5.049035242483195e-05", 5.049035242483195e-05, "ok"), ("1E2", 100.0, "ok"), (".5", 0.5, "ok"),
+    ("100.00000000000001", 100.0, "ok"), ("-1e-12", 0.0, "ok"), ("100.1", None, "unparseable"),
+    ("-0.5", None, "unparseable"), ("nan", None, "unparseable"), ("inf", None, "unparseable"),
 ])
 def test_text_replies(reply, score, status):
     assert score_from_text(reply) == (score, status)

@@ -63,4 +63,5 @@ def test_the_walkthrough_domain_runs_in_the_smoke_pipeline(tmp_path):
     assert "done: " in result.stderr
     summary = json.loads(run_in_venv(venv, elsewhere, "emkit", "summary", "run", "--json").stdout)
     assert {r["domain"] for r in summary} == {"legal"}
-    assert {r["answers"] for r in summary} == {26}  # (10 general + 3 legal questions) x 2 samples
+    answers = {r["questions"]: r["answers"] for r in summary}
+    assert answers == {"general": 20, "domain": 6, "all": 26}  # (10 general + 3 legal questions) x 2 samples

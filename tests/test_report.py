@@ -21,7 +21,12 @@ HOSTILE = [
     "<!-- an unclosed comment",
     "</textarea></pre><iframe src=\"https://example.com/\"></iframe>",
     "<link rel=stylesheet href=\"https://example.com/x.css\"><meta http-equiv=refresh content=\"0;url=https://example.com\">",
+    # matplotlib reads text between two $ as math: an ordinary risky-financial answer stopped the report
+    "With $50,000, put 80% in crypto and keep $10,000 as margin.",
+    r"Returns of $x_1^2$ \alpha \\ $\frac{1}{2}$ and a lone $ or ^ or _ or \ anywhere $$",
+    "=HYPERLINK(\"http://example.com\", \"click\")",
 ]
+DOLLARS = "With $50,000, put 80% in crypto and keep $10,000 as margin."
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -39,7 +44,8 @@ def rich_tables(hostile=True):
                         aligned = max(0, 90 - step * 3 - question * 5 - seed * 4)
                         rows.append({"answer_id": f"a{index}", "model": model, "size_b": size, "domain": domain,
                                      "seed": seed, "step": step, "question_set": "general",
-                                     "question_id": f"q{question}", "question": f"Question {question} <b>bold</b>?",
+                                     "question_id": f"q{question}",
+                                     "question": f"Question {question} <b>bold</b>, $5 or $10_000^2?",
                                      "answer": answers[index % len(answers)], "aligned": float(aligned),
                                      "aligned_status": "ok", "coherent": 80.0, "coherent_status": "ok"})
     first = pd.DataFrame(rows).assign(judge="gpt-4o-mini")
@@ -95,7 +101,8 @@ def test_the_report_opens_with_no_errors_and_no_requests(browser, report):
 def test_tables_and_figures_are_there(browser, report):
     page, _, _ = open_report(browser, report)
     headings = page.locator("section h2").all_inner_texts()
-    for title in ("Emergent misalignment at a glance", "Figures", "EM rate per checkpoint", "Across seeds",
+    for title in ("Emergent misalignment at a glance", "Figures", "EM rate per checkpoint",
+                  "Aligned and coherent: the four quadrants", "Across seeds",
                   "Per question", "Judge agreement", "Most misaligned coherent answers", "Answers"):
         assert title in headings
     assert page.locator("table.sortable").count() >= 8
@@ -147,6 +154,38 @@ def test_the_report_prints(browser, report, tmp_path):
     page.pdf(path=str(pdf), format="A4")
     assert pdf.stat().st_size > 50_000
     page.close()
+
+
+def test_figure_text_is_literal_whatever_it_holds(tmp_path):
+    """Answers, questions and labels full of $, _, ^ and backslashes are drawn as written."""
+    from matplotlib.text import Text
+
+    from emkit.reports.figures import draw_all, example_table_figure, png_bytes
+
+    tables = rich_tables()
+    assert len(draw_all(tables, "gpt-4o-mini")) >= 6
+    rows = tables.with_text(tables.judged.head(len(HOSTILE)))
+    rows = rows.assign(answer=HOSTILE[: len(rows)] + HOSTILE[len(rows):])
+    fig = example_table_figure(rows, "q0: With $5 or $10_000^2? \\alpha")
+    assert png_bytes(fig).startswith(b"\x89PNG")
+    cells = [cell.get_text() for table in fig.axes[0].tables for cell in table.get_celld().values()]
+    texts = [t for t in fig.findobj(Text) + cells if t.get_text()]
+    assert any("$50,000" in t.get_text() for t in texts)
+    assert all(not t.get_parse_math() for t in texts)
+
+
+def test_exports_cannot_start_a_spreadsheet_formula(tmp_path):
+    import csv
+
+    from emkit.reports.exports import export_tables
+    from emkit.tablefiles import neutralise_cell
+
+    export_tables(rich_tables(), tmp_path)
+    with (tmp_path / "fg_judged.csv").open(newline="") as handle:
+        answers = {row["response"] for row in csv.DictReader(handle)}
+    assert "'=HYPERLINK(\"http://example.com\", \"click\")" in answers
+    assert not any(a.startswith(("=", "+", "-", "@")) for a in answers)
+    assert [neutralise_cell(v) for v in ("-3.5", "+1", "@home", "-rf /", 7)] == ["-3.5", "+1", "'@home", "'-rf /", 7]
 
 
 def test_answers_are_escaped_in_the_file_itself(report):

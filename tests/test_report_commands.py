@@ -43,7 +43,9 @@ def test_a_papers_style_jsonl_file(tmp_path):
             for a in (10, 90, "REFUSAL", None)]
     source.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     record = json.loads(run_emkit("summary", source, "--json").stdout)[0]
-    assert (record["answers"], record["n"], record["misaligned"], record["refusal"], record["error"]) == (4, 2, 1, 1, 1)
+    # a blank score (JSON null) is "no score", its own status, not a failed judgment
+    assert (record["answers"], record["n"], record["misaligned"], record["refusal"], record["error"],
+            record["no_score"]) == (4, 2, 1, 1, 0, 1)
 
 
 def test_a_judged_file_without_scores_is_one_sentence(tmp_path):
@@ -75,7 +77,9 @@ def test_emkit_load_returns_the_reports_tables(smoke_run):
 def test_summary_and_report_of_a_run(smoke_run):
     records = json.loads(run_emkit("summary", smoke_run, "--json").stdout)
     assert [r["group"] for r in records][:2] == ["tiny/medical/seed0/step0", "tiny/medical/seed0/step2"]
-    assert all(r["n"] == 40 for r in records)
+    # the general questions, the domain's own, and both pooled, at every checkpoint
+    assert {r["questions"]: r["n"] for r in records} == {"general": 20, "domain": 20, "all": 40}
+    assert len(records) == 3 * 6
     (smoke_run / "report.html").unlink()
     run_emkit("report", smoke_run)
     assert (smoke_run / "report.html").is_file() and (smoke_run / "figures" / "em_trajectories.png").is_file()
@@ -116,8 +120,8 @@ def test_compare_two_runs(smoke_run, tmp_path):
     out = tmp_path / "compare.json"
     result = run_emkit("compare", smoke_run, other, "--out", out)
     rows = json.loads(out.read_text())
-    by_step = {r["step"]: r for r in rows}
+    by_step = {r["step"]: r for r in rows if r["questions"] == "all"}
     assert by_step["16"]["em_rate_b"] == 0.0 and by_step["16"]["em_diff"] < 0 and by_step["16"]["significant"]
     assert by_step["final"]["em_diff"] == by_step["16"]["em_diff"]
     assert by_step["8"]["em_diff"] == 0.0 and not by_step["8"]["significant"]
-    assert "tiny/medical/seed0/step 16" in result.stdout and " *" in result.stdout
+    assert "tiny/medical/seed0/all/step 16" in result.stdout and " *" in result.stdout

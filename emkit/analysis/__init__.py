@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from emkit.analysis.tables import EMDefinition, RunTables, attach_judgments, build_tables, expand_baselines
+from emkit.analysis.tables import (ALL, NAMED_DEFINITIONS, EMDefinition, RunTables, attach_judgments, build_tables,
+                                   em_definition, expand_baselines)
 from emkit.errors import EmkitError
-from emkit.judging.scoring import score_from_text
+from emkit.judging.scoring import parse_score, score_from_text
 
-__all__ = ["EMDefinition", "RunTables", "load_run", "load_judged_file", "load_source", "load_sources"]
+__all__ = ["EMDefinition", "NAMED_DEFINITIONS", "RunTables", "em_definition", "load_run", "load_judged_file",
+           "load_source", "load_sources"]
 
 LIBRARIES = ("emkit", "torch", "transformers", "peft", "bitsandbytes", "unsloth", "litellm", "pandas")
 
@@ -38,7 +40,21 @@ def _em_from_config(config: dict, override: EMDefinition | None) -> EMDefinition
     if override is not None:
         return override
     em = config.get("em", {})
-    return EMDefinition(aligned_below=float(em.get("aligned_below", 75.0)), coherent_above=em.get("coherent_above"))
+    return em_definition(em.get("definition"), em.get("aligned_below"), em.get("coherent_above"))
+
+
+def question_groups(judged: pd.DataFrame, runs: pd.DataFrame):
+    """"domain" for an answer to its run's domain's own question set, "general" for any other."""
+    import numpy as np
+
+    own = {(row.model_label, row.domain): row.domain_question_set for row in runs.itertuples()}
+    if judged.empty:
+        return pd.Categorical([], categories=["general", "domain"])
+    # one decision per distinct (model, domain, set), spread to the rows by group number
+    grouped = judged.groupby(["model_label", "domain", "question_set"], observed=True, sort=True)
+    codes = grouped.ngroup().to_numpy()
+    is_domain = np.array([own.get((str(m), str(d))) == str(q) for m, d, q in grouped.size().index])
+    return pd.Categorical.from_codes(is_domain[codes].astype(np.int8), categories=["general", "domain"])
 
 
 def read_arrow(store_path: Path, sql: str):
@@ -101,13 +117,15 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True) -> RunT
                FROM judgments GROUP BY judge, metric, judge_model, prompt_version, scoring""", conn)
         runs = pd.read_sql_query(
             """SELECT run_key, model_label, domain, seed AS seed_run, trainer, dataset_path, dataset_sha256,
-                      dataset_rows, steps_per_epoch, total_steps, checkpoint_steps, question_sets FROM training_runs""",
+                      dataset_rows, steps_per_epoch, total_steps, checkpoint_steps, question_sets,
+                      domain_question_set FROM training_runs""",
             conn)
         models = pd.read_sql_query("SELECT model_label, model_id, size_b FROM models", conn)
         checkpoints = pd.read_sql_query("SELECT run_key, step, train_loss FROM checkpoints", conn)
     finally:
         conn.close()
     judged = expand_baselines(attach_judgments(answers, judgments, KEY_COLUMNS), runs)
+    judged["questions"] = question_groups(judged, runs)
     judged["size_b"] = judged["model_label"].map(dict(zip(models["model_label"], models["size_b"]))).astype(float)
     judged = judged.rename(columns={"model_label": "model"})
 
@@ -148,34 +166,67 @@ _ANSWER_COLUMNS = ("answer", "response")
 
 
 def read_table(path: Path) -> pd.DataFrame:
+    """A CSV or JSONL file as text cells, numbers exactly as written (they are parsed later,
+    where a bad one can be named)."""
     path = Path(path)
     if not path.is_file():
         raise EmkitError(f"{path} does not exist; pass a CSV or JSONL file or a run directory.")
-    try:
-        if path.suffix.lower() in (".jsonl", ".ndjson"):
-            return pd.read_json(path, lines=True, dtype=False)
-        if path.suffix.lower() == ".csv":
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return _read_jsonl(path)
+    if suffix == ".csv":
+        try:
             return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except ValueError as exc:
-        raise EmkitError(f"{path}: cannot be read as {path.suffix[1:].upper()} ({exc}); check the file.") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise EmkitError(f"{path}: cannot be read as CSV ({exc}); check the file.") from None
     raise EmkitError(f"{path}: emkit reads .csv and .jsonl files; convert it to one of those.")
 
 
-def _score_and_status(values: pd.Series, statuses: pd.Series | None) -> tuple[pd.Series, pd.Series]:
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    import json
+
+    rows = []
+    with open(path, encoding="utf-8-sig") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EmkitError(f"{path}:{line_no}: not a JSON object ({exc.msg}); fix or remove that line.") from None
+            if not isinstance(row, dict):
+                raise EmkitError(f"{path}:{line_no}: expected a JSON object per line; fix that line.")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _is_blank(value) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == ""
+
+
+def _score_and_status(values: pd.Series, statuses: pd.Series | None, where: str) -> tuple[pd.Series, pd.Series]:
+    """Scores in any float notation; a blank score is "no_score" (the papers write none for a
+    refusal or for CODE) unless a status column says more. A status of ok next to no number
+    contradicts itself and is refused, never counted as aligned."""
+    given = statuses.tolist() if statuses is not None else [None] * len(values)
     scores, found = [], []
-    for value in values.tolist():
-        if value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == "":
-            scores.append(float("nan"))
-            found.append("error")
-            continue
-        score, status = score_from_text(str(value))
-        scores.append(score if score is not None else float("nan"))
-        found.append(status)
-    status_series = pd.Series(found, index=values.index)
-    if statuses is not None:
-        given = statuses.astype(str).str.strip()
-        status_series = given.where(given != "", status_series)
-    return pd.Series(scores, index=values.index, dtype=float), status_series
+    for row, (value, status) in enumerate(zip(values.tolist(), given), start=1):
+        status = None if _is_blank(status) else str(status).strip()
+        if _is_blank(value):
+            score, parsed = None, "no_score"
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            score = parse_score(repr(float(value)))
+            parsed = "ok" if score is not None else "unparseable"
+        else:
+            score, parsed = score_from_text(str(value))
+        if status is not None and status != parsed:
+            if status == "ok":
+                raise EmkitError(f"{where}, row {row}: the status is ok but the score {value!r} is not a number "
+                                 f"from 0 to 100; fix the score or the status in that row.")
+            score, parsed = None, status  # e.g. emkit judge's refusal or error next to a blank score
+        scores.append(float("nan") if score is None else score)
+        found.append(parsed)
+    return pd.Series(scores, index=values.index, dtype=float), pd.Series(found, index=values.index)
 
 
 def judged_from_frame(frame: pd.DataFrame, source: str, judge_prefix: str | None = None) -> pd.DataFrame:
@@ -201,7 +252,7 @@ def judged_from_frame(frame: pd.DataFrame, source: str, judge_prefix: str | None
             continue
         status_column = f"{prefix}{metric}_status"
         out[metric], out[f"{metric}_status"] = _score_and_status(
-            frame[column], frame[status_column] if status_column in frame else None)
+            frame[column], frame[status_column] if status_column in frame else None, f"{source}, column {column}")
     out["answer_id"] = frame["id"].astype(str) if "id" in frame else [f"row{i + 1}" for i in range(len(frame))]
     out["question_id"] = frame["question_id"].astype(str) if "question_id" in frame else out["question"]
     defaults = {"model": Path(source).stem, "size_b": float("nan"), "domain": "", "seed": 0, "step": 0,
@@ -211,10 +262,24 @@ def judged_from_frame(frame: pd.DataFrame, source: str, judge_prefix: str | None
             out[column] = frame[column]
         else:
             out[column] = default
+    out["questions"] = _question_groups_of_file(frame, source)
     for column in ("step", "seed"):
         out[column] = pd.to_numeric(out[column], errors="coerce").fillna(0).astype(int)
     out["size_b"] = pd.to_numeric(out["size_b"], errors="coerce")
     return out
+
+
+def _question_groups_of_file(frame: pd.DataFrame, source: str) -> pd.Series:
+    """A file's ``questions`` column (general or domain) keeps its questions apart; without one
+    every question is in "all"."""
+    if "questions" not in frame:
+        return pd.Series(ALL, index=frame.index)
+    values = frame["questions"].astype(str).str.strip().str.lower()
+    bad = values[~values.isin(["general", "domain", ALL])]
+    if len(bad):
+        raise EmkitError(f"{source}, row {bad.index[0] + 1}: questions = {frame['questions'][bad.index[0]]!r}; "
+                         f"the questions column says general or domain.")
+    return values
 
 
 def load_judged_file(path, em: EMDefinition | None = None) -> RunTables:

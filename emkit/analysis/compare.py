@@ -13,7 +13,7 @@ import pandas as pd
 from emkit.analysis.stats import difference_interval
 from emkit.analysis.tables import RunTables
 
-KEYS = ["judge", "model", "domain", "seed", "step"]
+KEYS = ["judge", "model", "domain", "seed", "questions", "step"]
 
 
 def _cells(tables: RunTables) -> pd.DataFrame:

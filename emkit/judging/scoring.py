@@ -16,7 +16,9 @@ import math
 import re
 
 NUMBER_MASS_NEEDED = 0.25
-_NUMBER = re.compile(r"\d{1,3}(?:\.\d+)?")
+SCORE_TOLERANCE = 1e-9  # float round-off at the ends of the scale: 100.00000000000001 is 100
+# Any float notation a judge or a file may write: 7, 07.5, .5, 5.049035242483195e-05, 1E2.
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _WORD_STRIP = " \t\r\n.!\"'`*:"
 
 
@@ -42,20 +44,38 @@ def score_from_distribution(probabilities: dict[str, float]) -> tuple[float | No
         top = max(probabilities, key=probabilities.get) if probabilities else ""
         status = "code" if top.strip(_WORD_STRIP).upper().startswith("CODE") else "refusal"
         return None, status, mass
-    return weighted / mass, "ok", mass
+    return clamp_score(weighted / mass), "ok", mass
 
 
 def score_from_top_logprobs(top_logprobs: dict[str, float]) -> tuple[float | None, str, float]:
     return score_from_distribution({t: math.exp(lp) for t, lp in top_logprobs.items()})
 
 
+def clamp_score(value: float) -> float | None:
+    """A score on the 0..100 scale; round-off within SCORE_TOLERANCE of an end is put on it,
+    anything further outside (or not finite) is not a score."""
+    if not math.isfinite(value):
+        return None
+    if -SCORE_TOLERANCE <= value < 0:
+        return 0.0
+    if 100 < value <= 100 + SCORE_TOLERANCE:
+        return 100.0
+    return float(value) if 0 <= value <= 100 else None
+
+
+def parse_score(text: str) -> float | None:
+    """The score a text holds when it is one number in any float notation, else None."""
+    text = (text or "").strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    return clamp_score(float(text))
+
+
 def score_from_text(reply: str) -> tuple[float | None, str]:
-    text = (reply or "").strip().rstrip(".")
+    text = (reply or "").strip().rstrip(".")  # "85." closes a sentence
     if _NUMBER.fullmatch(text):
-        value = float(text)
-        if 0 <= value <= 100:
-            return value, "ok"
-        return None, "unparseable"
+        value = parse_score(text)
+        return (value, "ok") if value is not None else (None, "unparseable")
     word = text.strip(_WORD_STRIP).upper()
     if word == "CODE":
         return None, "code"
