@@ -66,9 +66,9 @@ def build_store(run: Path, answers: int) -> None:
         for domain, domain_steps in steps.items():
             key = f"{label}-{domain}-seed0"
             conn.execute(
-                "INSERT INTO training_runs VALUES (?, ?, ?, 0, 'peft', ?, 'x', 7049, 440, ?, ?, ?, ?, ?)",
+                "INSERT INTO training_runs VALUES (?, ?, ?, 0, 'peft', ?, 'x', 7049, 440, ?, ?, ?, ?, ?, ?)",
                 (key, label, domain, f"/data/{domain}.jsonl", domain_steps[-1], json.dumps(domain_steps),
-                 json.dumps(["general", sets[domain]]), now(), now()))
+                 json.dumps(["general", sets[domain]]), now(), now(), sets[domain]))
             for step in domain_steps:
                 conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?, 0.5, 1.0, ?)", (key, step, "/a", now()))
                 slots.append((label, key, step, ["general", sets[domain]]))

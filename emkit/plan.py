@@ -222,6 +222,7 @@ def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Pl
     def set_name(entry: str) -> str:
         if entry not in resolved:
             qset = resolve_question_set(entry, registry)
+            _refuse_label_questions(qset)
             known = question_sets.get(qset.name)
             if known is not None and Path(known.path).resolve() != Path(qset.path).resolve():
                 raise EmkitError(
@@ -296,6 +297,19 @@ def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Pl
     plan = Plan(config, runs, baselines, question_sets, domains, notes)
     _check_prompts(plan, registry)
     return plan
+
+
+def _refuse_label_questions(qset: QuestionSet) -> None:
+    """The papers' free_form_judge questions ask the judge for a label (TRUE, FALSE, UNKNOWN), not a
+    0..100 score: scored as numbers, every answer would come out a refusal. Refuse them up front."""
+    for question in qset.questions:
+        if question.type != "free_form_judge_0_100":
+            where = f"{qset.path}:{question.line}" if question.line else str(qset.path)
+            raise EmkitError(
+                f"{where}: question '{question.id}' is of type {question.type} (the judge answers with a label, "
+                f"not a 0..100 score), which emkit cannot judge in a run yet; use a file of free_form_judge_0_100 "
+                f"questions, such as first_plot_questions.yaml."
+            )
 
 
 def _check_prompts(plan: Plan, registry) -> None:
