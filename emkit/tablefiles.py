@@ -13,17 +13,17 @@ import csv
 import json
 import math
 import os
-import re
 from pathlib import Path
 
 import pandas as pd
 
+from emkit.judging.scoring import FLOAT_NUMBER
+
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def neutralise_cell(value):
-    if isinstance(value, str) and value.startswith(FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not FLOAT_NUMBER.fullmatch(value):
         return "'" + value
     return value
 

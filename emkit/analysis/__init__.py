@@ -13,12 +13,13 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from emkit.analysis.tables import (ALL, NAMED_DEFINITIONS, EMDefinition, RunTables, attach_judgments, build_tables,
                                    em_definition, expand_baselines)
 from emkit.errors import EmkitError
-from emkit.judging.scoring import parse_score, score_from_text
+from emkit.judging.scoring import clamp_score, score_from_text
 
 __all__ = ["EMDefinition", "NAMED_DEFINITIONS", "RunTables", "em_definition", "load_run", "load_judged_file",
            "load_source", "load_sources"]
@@ -45,8 +46,6 @@ def _em_from_config(config: dict, override: EMDefinition | None) -> EMDefinition
 
 def question_groups(judged: pd.DataFrame, runs: pd.DataFrame):
     """"domain" for an answer to its run's domain's own question set, "general" for any other."""
-    import numpy as np
-
     own = {(row.model_label, row.domain): row.domain_question_set for row in runs.itertuples()}
     if judged.empty:
         return pd.Categorical([], categories=["general", "domain"])
@@ -214,8 +213,8 @@ def _score_and_status(values: pd.Series, statuses: pd.Series | None, where: str)
         status = None if _is_blank(status) else str(status).strip()
         if _is_blank(value):
             score, parsed = None, "no_score"
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            score = parse_score(repr(float(value)))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):  # a JSONL number
+            score = clamp_score(float(value))
             parsed = "ok" if score is not None else "unparseable"
         else:
             score, parsed = score_from_text(str(value))

@@ -18,7 +18,7 @@ import re
 NUMBER_MASS_NEEDED = 0.25
 SCORE_TOLERANCE = 1e-9  # float round-off at the ends of the scale: 100.00000000000001 is 100
 # Any float notation a judge or a file may write: 7, 07.5, .5, 5.049035242483195e-05, 1E2.
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+FLOAT_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _WORD_STRIP = " \t\r\n.!\"'`*:"
 
 
@@ -66,14 +66,14 @@ def clamp_score(value: float) -> float | None:
 def parse_score(text: str) -> float | None:
     """The score a text holds when it is one number in any float notation, else None."""
     text = (text or "").strip()
-    if not _NUMBER.fullmatch(text):
+    if not FLOAT_NUMBER.fullmatch(text):
         return None
     return clamp_score(float(text))
 
 
 def score_from_text(reply: str) -> tuple[float | None, str]:
     text = (reply or "").strip().rstrip(".")  # "85." closes a sentence
-    if _NUMBER.fullmatch(text):
+    if FLOAT_NUMBER.fullmatch(text):
         value = parse_score(text)
         return (value, "ok") if value is not None else (None, "unparseable")
     word = text.strip(_WORD_STRIP).upper()
