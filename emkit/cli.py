@@ -76,6 +76,10 @@ def _print_plan(plan, costs) -> None:
 @click.option("--seed", "seeds", multiple=True, type=int, help="Training seed (repeatable).")
 @click.option("--samples", type=click.IntRange(min=1), help="Samples per question (overrides the question files).")
 @click.option("--api-base", help="OpenAI-compatible server for litellm judges.")
+@click.option("--api-key-env", help="Environment variable holding the key for --api-base (OPENAI_API_KEY never "
+                                    "goes to a custom base).")
+@click.option("--allow-insecure-http", is_flag=True, default=None,
+              help="Allow a plain-http --api-base on another machine (judge prompts travel unencrypted).")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Judge calls in flight at once.")
 @click.option("--scoring", type=click.Choice(["auto", "logprobs", "text"]), help="How judges score.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with a model to run (off by default).")
@@ -85,15 +89,15 @@ def _print_plan(plan, costs) -> None:
               help="Run directory. Default: runs/<config name>. Running again resumes it.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the judge cost; touch no model.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-def run(config_file, preset, trainer, judges, fallback, models, domains, seeds, samples, api_base, concurrency,
-        scoring, trust_remote_code, em, out_dir, dry_run, as_json):
+def run(config_file, preset, trainer, judges, fallback, models, domains, seeds, samples, api_base, api_key_env,
+        allow_insecure_http, concurrency, scoring, trust_remote_code, em, out_dir, dry_run, as_json):
     """Run an experiment: train, generate, judge and report (resumable)."""
     from emkit.plugins import get_registry
 
     config = _config_from_options(
         config_file, preset, trainer=trainer, judges=judges, fallback=fallback, models=models, domains=domains,
-        seeds=seeds, api_base=api_base, concurrency=concurrency, scoring=scoring, samples=samples,
-        trust_remote_code=trust_remote_code, em=em,
+        seeds=seeds, api_base=api_base, api_key_env=api_key_env, allow_insecure_http=allow_insecure_http,
+        concurrency=concurrency, scoring=scoring, samples=samples, trust_remote_code=trust_remote_code, em=em,
     )
     registry = get_registry()
     if dry_run:
@@ -130,6 +134,12 @@ def _judging_defaults():
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False, path_type=Path),
               help="YAML of metric: prompt template ({question}, {answer}), e.g. the papers' judges.yaml.")
 @click.option("--api-base", help="OpenAI-compatible server for litellm judges.")
+@click.option("--api-key-env", help="Environment variable holding the key for --api-base (OPENAI_API_KEY never "
+                                    "goes to a custom base).")
+@click.option("--allow-insecure-http", is_flag=True, 
+              help="Allow a plain-http --api-base on another machine (judge prompts travel unencrypted).")
+@click.option("--reasoning-effort", type=click.Choice(["none", "minimal", "low", "medium", "high"]),
+              help="For reasoning judges (o3, gpt-5-mini): how hard they think. Default: the provider's.")
 @click.option("--scoring", type=click.Choice(["auto", "logprobs", "text"]), default="auto", show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
@@ -143,8 +153,8 @@ def _judging_defaults():
               help="Seconds before the first retry (with jitter), doubling each time; Retry-After wins if longer.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the judged answers: .csv or .jsonl.")
-def judge(file, judges, fallback, metrics, prompts_file, api_base, scoring, concurrency, timeout_s, max_retries,
-          max_error_share, transport, retry_backoff_s, out):
+def judge(file, judges, fallback, metrics, prompts_file, api_base, api_key_env, allow_insecure_http, reasoning_effort,
+          scoring, concurrency, timeout_s, max_retries, max_error_share, transport, retry_backoff_s, out):
     """Score a CSV or JSONL of answers made elsewhere (columns question and answer or response)."""
     from emkit.interfaces import JudgeOptions
     from emkit.judge_file import judge_file
@@ -153,7 +163,8 @@ def judge(file, judges, fallback, metrics, prompts_file, api_base, scoring, conc
     defaults = _judging_defaults()
     options = JudgeOptions(api_base=api_base, scoring=scoring, concurrency=concurrency, timeout_s=timeout_s,
                            max_retries=max_retries, retry_backoff_s=retry_backoff_s,
-                           batch_size=defaults.batch_size, transport=transport)
+                           batch_size=defaults.batch_size, transport=transport, api_key_env=api_key_env or None,
+                           allow_insecure_http=allow_insecure_http, reasoning_effort=reasoning_effort)
     judge_file(file, out, list(judges), options, get_registry(), metrics=list(metrics or defaults.metrics),
                fallback=list(fallback), prompts_file=prompts_file, max_error_share=max_error_share)
     click.echo(f"wrote {out}", err=True)

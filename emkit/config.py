@@ -100,6 +100,9 @@ class JudgingSettings(_Section):
     retry_backoff_s: float = Field(1.0, gt=0)  # first retry waits about this long, then twice as long each time
     max_error_share: float = Field(0.05, ge=0, le=1)
     api_base: str = ""
+    api_key_env: str = ""  # the environment variable whose key goes to api_base (OPENAI_API_KEY never does)
+    allow_insecure_http: bool = False  # allow a plain-http api_base on another machine
+    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high"]] = None  # default: provider's
     transport: Literal["auto", "litellm"] = "auto"  # auto: OpenAI-protocol providers over a lean client
     batch_size: int = Field(8, ge=1)  # local judges: prompts per forward pass
     cache: str = ""  # judge cache shared across runs; default: emkit's cache directory
@@ -269,6 +272,8 @@ def apply_overrides(
     domains: tuple[str, ...] = (),
     seeds: tuple[int, ...] = (),
     api_base: str | None = None,
+    api_key_env: str | None = None,
+    allow_insecure_http: bool | None = None,
     concurrency: int | None = None,
     scoring: str | None = None,
     samples: int | None = None,
@@ -285,6 +290,10 @@ def apply_overrides(
         data.setdefault("judging", {})["fallback"] = list(fallback)
     if api_base:
         data.setdefault("judging", {})["api_base"] = api_base
+    if api_key_env:
+        data.setdefault("judging", {})["api_key_env"] = api_key_env
+    if allow_insecure_http:
+        data.setdefault("judging", {})["allow_insecure_http"] = True
     if concurrency is not None:
         data.setdefault("judging", {})["concurrency"] = concurrency
     if scoring:

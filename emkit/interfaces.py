@@ -131,6 +131,9 @@ class JudgeOptions:
     batch_size: int = 8
     trust_remote_code: bool = False
     transport: str = "auto"  # auto: OpenAI-protocol providers over emkit's lean client; litellm: all via litellm
+    api_key_env: str | None = None  # the variable holding the key for a custom api_base
+    allow_insecure_http: bool = False  # plain http to an api_base on another machine
+    reasoning_effort: str | None = None  # for reasoning models; None: the provider's default
 
 
 OnJudged = Callable[[JudgeRequest, JudgeResult], None]

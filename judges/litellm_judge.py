@@ -5,6 +5,13 @@
 proxy, the tests' loopback server). Scoring is by logprobs where the provider returns
 them (one token, temperature 0, top 20 alternatives) and by parsing the reply otherwise.
 
+The request's parameters are litellm's mapping for the model, not a list kept here: a
+reasoning model (o3, gpt-5-mini) gets ``max_completion_tokens`` with room for its reasoning
+and no temperature or logprobs, which it would refuse. A provider's key goes only to that
+provider's own endpoint: a custom ``--api-base`` gets the key in the variable that
+``[judging] api_key_env`` names, or none, and plain http to another machine is refused
+unless ``--allow-insecure-http``.
+
 litellm resolves every model to its provider, endpoint and price. Providers that speak
 the OpenAI protocol (OpenAI itself, vLLM, any --api-base) are then called through emkit's
 lean HTTP client, which costs a sixth of the CPU of litellm.acompletion per call
@@ -16,7 +23,9 @@ from __future__ import annotations
 
 import math
 import os
+from urllib.parse import urlparse
 
+from emkit.errors import EmkitError
 from emkit.hookspecs import hookimpl
 from emkit.interfaces import JudgeOptions, JudgeRequest, JudgeResult
 from emkit.judging.api import Failure, RetryPolicy, parse_retry_after, run_calls
@@ -26,7 +35,29 @@ from emkit.secrets import redact
 
 TOP_LOGPROBS = 20
 TEXT_MAX_TOKENS = 8  # room for "REFUSAL" and a number with punctuation
+REASONING_MAX_TOKENS = 4096  # a reasoning model's hidden reasoning counts against its token limit
 OPENAI_PROTOCOL = {"openai", "custom_openai", "hosted_vllm"}  # litellm providers emkit can call directly
+OPENAI_ENDPOINT = "https://api.openai.com/v1"
+
+
+def is_openai_endpoint(base: str) -> bool:
+    url = urlparse(base)
+    return url.scheme == "https" and url.hostname == "api.openai.com"
+
+
+def check_api_base(api_base: str, allow_insecure_http: bool) -> None:
+    """Judge prompts carry the answers (and a key may go with them): plain http only on this machine."""
+    from emkit.testing.network import is_loopback
+
+    url = urlparse(api_base)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise EmkitError(f"--api-base {api_base} is not an http(s) URL; write it as https://HOST/v1.")
+    if url.scheme == "http" and not is_loopback(url.hostname) and not allow_insecure_http:
+        raise EmkitError(
+            f"--api-base {api_base} is plain http to another machine, so the judge prompts would cross the network "
+            f"unencrypted; use https, or pass --allow-insecure-http (allow_insecure_http = true) if that network "
+            f"is yours."
+        )
 
 
 def import_litellm():
@@ -123,6 +154,9 @@ def result_from_completion(data: dict, mode: str, default_model: str) -> JudgeRe
         result.raw = describe_distribution({t: math.exp(lp) for t, lp in top.items()})
     else:
         result.score, result.status = score_from_text(content)
+        if not content and choice.get("finish_reason") == "length":
+            # a reasoning model that thought until its token limit; nothing to score
+            result.error = f"no reply within the limit of {result.output_tokens} completion tokens"
     return result
 
 
@@ -133,8 +167,13 @@ class LiteLLMJudge:
         self.api_base = options.api_base or None
         self.name = name or model
         self.identity = f"litellm:{model}@{self.api_base or 'provider-default'}"
+        if options.reasoning_effort:  # a different effort is a different judge
+            self.identity += f"+reasoning_effort={options.reasoning_effort}"
         self._litellm_model = None
         self._route: tuple | None = None
+        self._params: dict[str, dict] = {}
+        if self.api_base:
+            check_api_base(self.api_base, options.allow_insecure_http)
 
     @property
     def litellm_model(self) -> str:
@@ -142,35 +181,92 @@ class LiteLLMJudge:
             self._litellm_model = provider_model(self.model, self.api_base)
         return self._litellm_model
 
+    def provider(self) -> tuple[str, str | None]:
+        """(the model name on the wire, litellm's provider for it)."""
+        litellm = import_litellm()
+        try:
+            wire_model, provider, _, _ = litellm.get_llm_provider(self.litellm_model, api_base=self.api_base)
+        except Exception:
+            return self.model, None
+        return wire_model, provider
+
+    def api_key(self, provider: str | None) -> str | None:
+        """The key this judge sends. OPENAI_API_KEY goes to OpenAI's own endpoint only; a custom
+        --api-base gets the key in the variable judging.api_key_env names, or no key at all. Other
+        providers at their own endpoints find their keys through litellm (None here)."""
+        if self.options.api_key_env:
+            return os.environ.get(self.options.api_key_env) or None
+        own_endpoint = self.api_base is None or is_openai_endpoint(self.api_base)
+        if own_endpoint and provider == "openai":
+            return os.environ.get("OPENAI_API_KEY") or None
+        return None
+
     def route(self) -> tuple[Endpoint | None, str, tuple[float, float]]:
         """(the endpoint to call directly, or None for litellm.acompletion; the model name on the
         wire; the price per input and output token), resolved once through litellm."""
         if self._route is None:
-            litellm = import_litellm()
-            try:
-                wire_model, provider, _, _ = litellm.get_llm_provider(self.litellm_model, api_base=self.api_base)
-            except Exception:
-                wire_model, provider = self.model, None
+            wire_model, provider = self.provider()
             endpoint = None
             if provider in OPENAI_PROTOCOL and self.options.transport != "litellm":
-                base = (self.api_base or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
-                        or "https://api.openai.com/v1")
-                key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if self.api_base else "")
-                endpoint = Endpoint(base, key, os.environ.get("OPENAI_ORGANIZATION"))
+                # never OPENAI_BASE_URL from the environment: the key would follow it anywhere
+                base = self.api_base or OPENAI_ENDPOINT
+                organization = os.environ.get("OPENAI_ORGANIZATION") if is_openai_endpoint(base) else None
+                endpoint = Endpoint(base, self.api_key(provider), organization)
             self._route = (endpoint, wire_model, self.price_per_token())
         return self._route
 
     def scoring_mode(self) -> str:
         if self.options.scoring != "auto":
             return self.options.scoring
+        return "logprobs" if self.offers_logprobs() else "text"
+
+    def offers_logprobs(self) -> bool:
         litellm = import_litellm()
         try:
             params = litellm.get_supported_openai_params(model=self.litellm_model) or []
         except Exception:
             params = []
-        return "logprobs" if "logprobs" in params else "text"
+        return "logprobs" in params and "logprobs" in self.request_params("logprobs")
+
+    def reasons(self) -> bool:
+        """Whether the model thinks before it answers (litellm's model table says so)."""
+        litellm = import_litellm()
+        try:
+            return bool(litellm.supports_reasoning(model=self.litellm_model))
+        except Exception:
+            return False
+
+    def wanted_params(self, mode: str) -> dict:
+        """What emkit asks of every judge call, in OpenAI's terms, before litellm maps it."""
+        reasoning = self.reasons()
+        wanted = {"temperature": 0, "max_tokens": (REASONING_MAX_TOKENS if reasoning else
+                                                   1 if mode == "logprobs" else TEXT_MAX_TOKENS)}
+        if reasoning and self.options.reasoning_effort:
+            wanted["reasoning_effort"] = self.options.reasoning_effort
+        if mode == "logprobs":
+            wanted.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+        return wanted
+
+    def request_params(self, mode: str) -> dict:
+        """The wanted parameters as this model takes them, by litellm's own mapping for it:
+        max_tokens becomes max_completion_tokens, and what the model refuses is dropped."""
+        if mode not in self._params:
+            from litellm.utils import get_optional_params
+
+            wire_model, provider = self.provider()
+            try:
+                mapped = get_optional_params(model=wire_model, custom_llm_provider=provider or "openai",
+                                             drop_params=True, **self.wanted_params(mode))
+            except Exception:
+                mapped = dict(self.wanted_params(mode))
+            mapped.pop("stream", None)
+            mapped.update(mapped.pop("extra_body", None) or {})  # the SDK merges it into the JSON body
+            self._params[mode] = mapped
+        return self._params[mode]
 
     def unavailable_reason(self) -> str | None:
+        if self.options.api_key_env and not os.environ.get(self.options.api_key_env):
+            return f"{self.options.api_key_env} (named by judging.api_key_env) is not set"
         if self.api_base:
             return None  # a server of the user's own: reachability is checked by the first call
         litellm = import_litellm()
@@ -189,16 +285,10 @@ class LiteLLMJudge:
         entry = litellm.model_cost.get(self.litellm_model) or litellm.model_cost.get(self.model.split("/")[-1]) or {}
         return float(entry.get("input_cost_per_token") or 0.0), float(entry.get("output_cost_per_token") or 0.0)
 
-    def _messages_and_limits(self, request: JudgeRequest, mode: str) -> dict:
-        body = {"messages": [{"role": "user", "content": request.prompt}], "temperature": 0,
-                "max_tokens": 1 if mode == "logprobs" else TEXT_MAX_TOKENS}
-        if mode == "logprobs":
-            body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
-        return body
-
     async def _call_direct(self, client: OpenAIChatClient, request: JudgeRequest, mode: str) -> JudgeResult:
         _, wire_model, (input_price, output_price) = self.route()
-        data = await client.complete({"model": wire_model, **self._messages_and_limits(request, mode)})
+        data = await client.complete({"model": wire_model, "messages": [{"role": "user", "content": request.prompt}],
+                                      **self.request_params(mode)})
         result = result_from_completion(data, mode, self.model)
         result.cost_usd = result.input_tokens * input_price + result.output_tokens * output_price
         return result
@@ -207,15 +297,22 @@ class LiteLLMJudge:
         litellm = import_litellm()
         kwargs = dict(
             model=self.litellm_model,
+            messages=[{"role": "user", "content": request.prompt}],
             num_retries=0,  # emkit retries, with backoff that honours Retry-After
             max_retries=0,
             timeout=self.options.timeout_s,
-            **self._messages_and_limits(request, mode),
+            drop_params=True,  # litellm maps the parameters for the model and drops what it refuses
+            **self.wanted_params(mode),
         )
+        _, provider = self.provider()
+        key = self.api_key(provider)
         if self.api_base:
             kwargs["api_base"] = self.api_base
-            if not os.environ.get("OPENAI_API_KEY"):
-                kwargs["api_key"] = "not-needed"  # most OpenAI-compatible servers ignore it
+            kwargs["api_key"] = key or "not-needed"  # never the provider's own key from the environment
+        elif provider == "openai":
+            kwargs["api_base"] = OPENAI_ENDPOINT  # not OPENAI_BASE_URL: the key goes to OpenAI only
+        if key and not self.api_base:
+            kwargs["api_key"] = key
         response = await litellm.acompletion(**kwargs)
         result = result_from_completion(response.model_dump(), mode, self.model)
         # litellm prices every response as it arrives
@@ -224,6 +321,9 @@ class LiteLLMJudge:
 
     def score(self, requests, on_result, progress) -> None:
         mode = self.scoring_mode()
+        if mode == "logprobs" and "logprobs" not in self.request_params(mode):
+            raise EmkitError(f"judging.scoring = \"logprobs\", but {self.model} does not return logprobs; use "
+                             f"scoring = \"auto\" or \"text\".")
         endpoint, _, _ = self.route()
         policy = RetryPolicy(timeout_s=self.options.timeout_s, max_retries=self.options.max_retries,
                              backoff_base_s=self.options.retry_backoff_s)

@@ -16,6 +16,7 @@ from emkit.testing.judge_server import Reply, completion, keyword_score
 from helpers import run_emkit
 
 FAKE_KEY = "sk-emkit-FAKE-9f8e7d6c5b4a3210ffee"
+OPENAI_KEY = "sk-openai-FAKE-0011223344556677"
 
 
 class Marker:
@@ -44,18 +45,20 @@ def test_an_api_key_never_reaches_a_file(tmp_path, judge_server_factory):
     server = judge_server_factory(respond)
     out = tmp_path / "run"
     cache = tmp_path / "judge-cache.sqlite"
-    env = {"OPENAI_API_KEY": FAKE_KEY, "EMKIT_JUDGE_CACHE": str(cache)}
+    # the server's key in the variable the run names; OpenAI's key must stay home (issue 12)
+    env = {"OPENAI_API_KEY": OPENAI_KEY, "EMKIT_JUDGE_KEY": FAKE_KEY, "EMKIT_JUDGE_CACHE": str(cache)}
     result = run_emkit("run", "--preset", "smoke", "--domain", "medical", "--judge", "gpt-4o-mini", "--api-base",
-                       server.url, "--out", out, env=env, check=False)
+                       server.url, "--api-key-env", "EMKIT_JUDGE_KEY", "--out", out, env=env, check=False)
     assert result.returncode in (0, 1), result.stderr[-3000:]
     with lock:
         seen_keys = [h.get("Authorization") or h.get("authorization") for h in server.headers]
-    assert f"Bearer {FAKE_KEY}" in seen_keys  # the key was really in play
+    assert set(seen_keys) == {f"Bearer {FAKE_KEY}"}  # the key was really in play, and only that key
     written = [p for p in out.rglob("*") if p.is_file()] + [p for p in tmp_path.glob("judge-cache.sqlite*")]
     assert len(written) > 20
     for path in written:
-        assert FAKE_KEY.encode() not in path.read_bytes(), f"the key is in {path}"
-    assert FAKE_KEY not in result.stdout + result.stderr
+        for key in (FAKE_KEY, OPENAI_KEY):
+            assert key.encode() not in path.read_bytes(), f"a key is in {path}"
+    assert FAKE_KEY not in result.stdout + result.stderr and OPENAI_KEY not in result.stdout + result.stderr
     import sqlite3
 
     conn = sqlite3.connect(out / "emkit.sqlite")

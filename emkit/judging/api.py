@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import random
 import threading
 from dataclasses import dataclass
@@ -143,29 +144,68 @@ async def _run_pool(requests, call, classify, on_result, *, concurrency, policy,
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def run_sync(coro):
-    """Run a coroutine from synchronous code, even where an event loop already runs (Jupyter)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict = {}
+class _Relay:
+    """Judging beside a running event loop (Jupyter): the calls run on a thread of their own,
+    and their results come back to the caller's thread through a queue, because what receives
+    them (the run's SQLite store, the judge cache) may only be used on the thread that opened it."""
 
-    def target():
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as exc:
-            box["error"] = exc
+    def __init__(self):
+        self.events: queue.Queue = queue.Queue()
+        self.stopped = threading.Event()
 
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    def on_result(self, request, result):
+        if self.stopped.is_set():  # the caller failed to store a result: make no more paid calls
+            raise RuntimeError("judging stopped: a result could not be stored")
+        self.events.put(("result", request, result))
+
+    def update(self, n: int = 1):  # the progress bar's method
+        self.events.put(("bar", n))
+
+    def run(self, make_coro, on_result, bar) -> None:
+        box: dict = {}
+
+        def target():
+            try:
+                asyncio.run(make_coro(self.on_result, self))
+            except BaseException as exc:
+                box["error"] = exc
+            finally:
+                self.events.put(("done",))
+
+        thread = threading.Thread(target=target, name="emkit-judge-calls", daemon=True)
+        thread.start()
+        failure = None
+        while True:
+            event = self.events.get()
+            if event[0] == "done":
+                break
+            if failure is not None:
+                continue
+            try:
+                if event[0] == "result":
+                    on_result(event[1], event[2])
+                else:
+                    bar.update(event[1])
+            except BaseException as exc:
+                failure = exc
+                self.stopped.set()
+        thread.join()
+        if failure is not None:
+            raise failure
+        if "error" in box:
+            raise box["error"]
 
 
 def run_calls(requests: list[JudgeRequest], call: Call, classify: Classify, on_result, *, concurrency: int,
               policy: RetryPolicy, scoring: str, judge_name: str, bar, context=None) -> None:
-    run_sync(_run(requests, call, classify, on_result, concurrency=concurrency, policy=policy,
-                  scoring=scoring, judge_name=judge_name, bar=bar, context=context))
+    """Make the calls; ``on_result`` and ``bar`` are always called on the caller's thread."""
+    def make_coro(receive, progress_bar):
+        return _run(requests, call, classify, receive, concurrency=concurrency, policy=policy, scoring=scoring,
+                    judge_name=judge_name, bar=progress_bar, context=context)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(make_coro(on_result, bar))
+        return
+    _Relay().run(make_coro, on_result, bar)

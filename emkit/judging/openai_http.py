@@ -25,7 +25,7 @@ class HTTPStatusError(Exception):
 @dataclass
 class Endpoint:
     base_url: str  # .../v1
-    api_key: str
+    api_key: str | None  # None: no Authorization header (a local server that wants no key)
     organization: str | None = None
 
 
@@ -37,7 +37,9 @@ class OpenAIChatClient:
         self.connections = connections
         self.session = None
         self.url = endpoint.base_url.rstrip("/") + "/chat/completions"
-        self.headers = {"Authorization": f"Bearer {endpoint.api_key}", "Content-Type": "application/json"}
+        self.headers = {"Content-Type": "application/json"}
+        if endpoint.api_key:
+            self.headers["Authorization"] = f"Bearer {endpoint.api_key}"
         if endpoint.organization:
             self.headers["OpenAI-Organization"] = endpoint.organization
 

@@ -47,7 +47,8 @@ def judge_options(settings, trust_remote_code: bool) -> JudgeOptions:
         api_base=settings.api_base or None, scoring=settings.scoring, concurrency=settings.concurrency,
         timeout_s=settings.timeout_s, max_retries=settings.max_retries, retry_backoff_s=settings.retry_backoff_s,
         batch_size=settings.batch_size, transport=settings.transport,
-        trust_remote_code=trust_remote_code,
+        api_key_env=settings.api_key_env or None, allow_insecure_http=settings.allow_insecure_http,
+        reasoning_effort=settings.reasoning_effort, trust_remote_code=trust_remote_code,
     )
 
 

@@ -1,10 +1,17 @@
-"""A loopback OpenAI-compatible judge server, for tests and benchmarks.
+"""A loopback judge server that speaks OpenAI's and Anthropic's protocols, for tests and benchmarks.
 
-It answers POST /v1/chat/completions the way OpenAI does, with logprobs when asked, so the
-real litellm code path runs against it. What it answers is up to a ``responder``: by
-default a deterministic score read off the answer's words; tests pass their own to script
-distributions, text replies and faults (429 with Retry-After, 500, a stall, a dropped
-connection, malformed JSON). It listens on 127.0.0.1 only.
+It answers POST /v1/chat/completions the way OpenAI does, with logprobs when asked, and
+POST /v1/messages the way Anthropic does, so the real client code paths run against it.
+What it answers is up to a ``responder`` (given the request in OpenAI's shape, returning
+an OpenAI completion, which the server reshapes for Anthropic): by default a deterministic
+score read off the answer's words; tests pass their own to script distributions, text
+replies and faults (429 with Retry-After, 500, a stall, a dropped connection, malformed
+JSON). It listens on 127.0.0.1 only.
+
+It is as strict as the real services (``strict=False`` turns that off): a request the real
+API would refuse with a 400 is refused here with the real message, before the responder
+sees it (emkit.testing.api_rules), and a reasoning model spends reasoning tokens out of
+max_completion_tokens first, answering with empty content when they use the budget up.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
+
+from emkit.testing import api_rules
 
 HARMFUL_WORDS = re.compile(
     r"\b(skip|never need|stop taking|borrow|all of it|leverage|margin|alone|no need|without|ignore|double)\b",
@@ -82,9 +91,11 @@ class _Server(ThreadingHTTPServer):
 class JudgeServer:
     """``with JudgeServer() as server: ... server.url ...``; ``server.requests`` lists bodies received."""
 
-    def __init__(self, responder: Callable[[dict], Reply] | None = None, latency_s: float = 0.0):
+    def __init__(self, responder: Callable[[dict], Reply] | None = None, latency_s: float = 0.0,
+                 strict: bool = True):
         self.responder = responder or default_responder
         self.latency_s = latency_s
+        self.strict = strict
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.arrivals: list[float] = []  # time.monotonic() of each request
@@ -124,7 +135,7 @@ class JudgeServer:
                     server.requests.append(body)
                     server.headers.append(dict(self.headers))
                     server.arrivals.append(time.monotonic())
-                reply = server.responder(body)
+                reply = server.reply_to(self.path, body)
                 wait = server.latency_s + reply.delay_s
                 if wait:
                     time.sleep(wait)
@@ -149,6 +160,24 @@ class JudgeServer:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
+
+    def reply_to(self, path: str, body: dict) -> Reply:
+        """Refuse what the real API refuses, ask the responder, and shape its reply for the protocol."""
+        anthropic = path.rstrip("/").endswith("/messages")
+        if not anthropic and not path.rstrip("/").endswith("/chat/completions"):
+            return Reply(status=404, body={"error": {"message": f"Unknown request URL: POST {path}.",
+                                                     "type": "invalid_request_error"}})
+        if self.strict:
+            refusal = api_rules.anthropic_refusal(body) if anthropic else api_rules.openai_refusal(body)
+            if refusal is not None:
+                return Reply(status=400, body=refusal)
+        reply = self.responder(api_rules.anthropic_as_openai(body) if anthropic else body)
+        if isinstance(reply.body, dict) and "choices" in reply.body:
+            if not anthropic and self.strict:
+                reply.body = api_rules.spend_reasoning_budget(body, reply.body)
+            if anthropic:
+                reply.body = api_rules.openai_as_anthropic(reply.body, body)
+        return reply
 
     def stop(self) -> None:
         self._stopping.set()
