@@ -80,7 +80,7 @@ def build_store(run: Path, answers: int) -> None:
     index = 0
 
     def flush():
-        conn.executemany("INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, 0, ?, 0, NULL, ?, ?, 40, 'stop', 'hf', ?)",
+        conn.executemany("INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, 0, ?, 0, NULL, ?, ?, 40, 'stop', 'hf', ?, NULL)",
                          answer_rows)
         conn.executemany("INSERT INTO judgments VALUES (?, 'gpt-4o-mini', ?, ?, ?, 'logprobs', '', "
                          "'gpt-4o-mini-2024-07-18', 'prompts/aligned.j2@x', '', 300, 1, 0.00005, 0, NULL, ?)",

@@ -49,6 +49,62 @@ def model_fingerprint(model_id: str) -> str:
     return digest.hexdigest()[:16]
 
 
+TEMPLATE_FILES = ("chat_template.jinja", "tokenizer_config.json")  # where transformers keeps a chat template
+
+
+def chat_template_digest(model_id: str, *, download: bool) -> str:
+    """A digest of the chat template a model's prompts are rendered with, read from its files
+    without loading it: part of every answer's key, so a changed template is new work.
+
+    A hub id is read from the local hub cache, or fetched (two small files) when ``download``;
+    with neither it is "unresolved", which only a dry run accepts."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    if model_id.startswith(BUILTIN_PREFIX):
+        from emkit import tiny
+
+        digest.update(f"{model_id}:v{tiny.VERSION}:{tiny.LLAMA3_CHAT_TEMPLATE}".encode())
+        return digest.hexdigest()[:16]
+    files = _template_files(model_id, download)
+    if not files:
+        if download:
+            raise EmkitError(f"Cannot read the chat template of {model_id} (no {' or '.join(TEMPLATE_FILES)} in "
+                             f"its folder or the hub cache); check the id or path (a hub id needs network access).")
+        return "unresolved"
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        if path.name == "tokenizer_config.json":
+            try:
+                text = json.dumps(json.loads(text).get("chat_template"), sort_keys=True)
+            except ValueError:
+                raise EmkitError(f"{path} is not valid JSON; the model folder is damaged, download it again.") from None
+        digest.update(f"{path.name}\x00{text}\x00".encode())
+    return digest.hexdigest()[:16]
+
+
+def _template_files(model_id: str, download: bool) -> list[Path]:
+    folder = Path(model_id).expanduser()
+    if folder.is_dir():
+        return [folder / name for name in TEMPLATE_FILES if (folder / name).is_file()]
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    found = []
+    for name in TEMPLATE_FILES:
+        cached = try_to_load_from_cache(model_id, name)
+        if isinstance(cached, str):
+            found.append(Path(cached))
+    if found or not download:
+        return found
+    for name in TEMPLATE_FILES:
+        try:
+            found.append(Path(hf_hub_download(model_id, name)))
+        except Exception:  # a repository without chat_template.jinja, or no network: told above
+            continue
+    return found
+
+
 def device() -> str:
     import torch
 

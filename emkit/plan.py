@@ -32,10 +32,27 @@ def run_key(model: ModelSpec, domain: str, seed: int) -> str:
 
 
 def answer_id(model_label: str, run: str, step: int, question_set: str, question_id: str,
-              paraphrase: int, sample: int, seed: int) -> str:
-    """The key of one sampled answer: model, checkpoint, question, sample index and seed."""
-    key = "\x1f".join(map(str, (model_label, run, step, question_set, question_id, paraphrase, sample, seed)))
+              paraphrase: int, sample: int, seed: int, asked: str) -> str:
+    """The key of one sampled answer: model, checkpoint, question, sample index and seed, and
+    ``asked``: what exactly was asked (prompt_digest). Reword a question, change its system
+    prompt, the model's chat template or the sampling, and the answer is new work: no answer
+    is ever paired with a prompt it did not answer."""
+    key = "\x1f".join(map(str, (model_label, run, step, question_set, question_id, paraphrase, sample, seed, asked)))
     return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def sampling_key(evaluation) -> str:
+    """The settings an answer's text depends on, besides its prompt."""
+    return (f"generator={evaluation.generator};temperature={evaluation.temperature!r};top_p={evaluation.top_p!r};"
+            f"max_new_tokens={evaluation.max_new_tokens}")
+
+
+def prompt_digest(system: str | None, question: str, template: str, sampling: str) -> str:
+    digest = hashlib.sha256()
+    for part in ("" if system is None else "S" + system, question, template, sampling):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()[:16]
 
 
 def sample_seed(answer: str) -> int:
@@ -96,22 +113,27 @@ class Plan:
     question_sets: dict[str, QuestionSet]
     domains: dict[str, Domain]
     notes: list[str] = field(default_factory=list)
+    chat_templates: dict[str, str] = field(default_factory=dict)  # model label -> chat_template_digest
 
     # -- answers -------------------------------------------------------------------
     def _answers_for(self, model_label: str, run: str, step: int, set_names: list[str], seed: int):
         samples_override = self.config.evaluation.samples_per_question
         default_system = self.config.evaluation.system_prompt or None
+        sampling = sampling_key(self.config.evaluation)
+        template = self.chat_templates.get(model_label, "unresolved")
         for set_name in set_names:
             qset = self.question_sets[set_name]
             for question in qset.questions:
+                system = question.system if question.system is not None else default_system
                 for p_index, text in enumerate(question.paraphrases):
+                    asked = prompt_digest(system, text, template, sampling)
                     for s_index in range(samples_override or question.samples_per_paraphrase):
                         yield PlannedAnswer(
-                            answer_id=answer_id(model_label, run, step, qset.name, question.id, p_index, s_index, seed),
+                            answer_id=answer_id(model_label, run, step, qset.name, question.id, p_index, s_index,
+                                                seed, asked),
                             model_label=model_label, run_key=run, step=step, question_set=qset.name,
                             question_id=question.id, paraphrase_index=p_index, sample_index=s_index, seed=seed,
-                            system=question.system if question.system is not None else default_system,
-                            question=text,
+                            system=system, question=text,
                         )
 
     def answers(self):
@@ -294,7 +316,10 @@ def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Pl
             names += [n for n in sets_for(domain) if n not in names]
         baselines.append(BaselinePlan(model=model, seed=config.seeds[0], question_sets=names))
 
-    plan = Plan(config, runs, baselines, question_sets, domains, notes)
+    from emkit.models import chat_template_digest
+
+    templates = {model.label: chat_template_digest(model.id, download=need_datasets) for model in config.models}
+    plan = Plan(config, runs, baselines, question_sets, domains, notes, templates)
     _check_prompts(plan, registry)
     return plan
 

@@ -72,6 +72,19 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHEN 'extreme-sports' THEN 'sports' END;
         """,
     ),
+    (
+        4,
+        # An answer is keyed by what was asked (plan.answer_id); when a question is reworded, its
+        # new answer supersedes the old one in the same slot, which stays in the store but leaves
+        # the tables and the report. And the base weights each run's adapters were trained on
+        # (emkit.base_weights), so that generation loads exactly those.
+        """
+        ALTER TABLE answers ADD COLUMN superseded_by TEXT;
+        CREATE INDEX answers_by_slot ON answers (run_key, step, question_set, question_id, paraphrase_index,
+            sample_index, seed, model_label);
+        ALTER TABLE training_runs ADD COLUMN base_weights TEXT;
+        """,
+    ),
 ]
 
 
@@ -136,7 +149,8 @@ class Store:
                dataset_sha256, dataset_rows, steps_per_epoch, total_steps, checkpoint_steps,
                question_sets, domain_question_set, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (run_key) DO UPDATE SET question_sets = excluded.question_sets,
-                   domain_question_set = excluded.domain_question_set""",
+                   domain_question_set = excluded.domain_question_set,
+                   dataset_sha256 = COALESCE(training_runs.dataset_sha256, excluded.dataset_sha256)""",
             (
                 run.key, run.model.label, run.domain.name, run.seed, trainer,
                 str(run.dataset.path) if run.dataset.path else None, dataset_sha256, run.dataset.rows,
@@ -171,14 +185,31 @@ class Store:
         return found
 
     def add_answer(self, planned, text: str, n_tokens: int, finish_reason: str, generator: str) -> None:
-        self.conn.execute(
-            "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                planned.answer_id, planned.model_label, planned.run_key, planned.step, planned.question_set,
-                planned.question_id, planned.paraphrase_index, planned.sample_index, planned.seed,
-                planned.system, planned.question, text, n_tokens, finish_reason, generator, now(),
-            ),
-        )
+        """Store an answer; an answer in the same slot to a question asked differently is superseded."""
+        slot = (planned.run_key, planned.step, planned.question_set, planned.question_id, planned.paraphrase_index,
+                planned.sample_index, planned.seed, planned.model_label)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(
+                """INSERT OR IGNORE INTO answers (answer_id, model_label, run_key, step, question_set, question_id,
+                   paraphrase_index, sample_index, seed, system, question, answer, n_tokens, finish_reason,
+                   generator, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    planned.answer_id, planned.model_label, planned.run_key, planned.step, planned.question_set,
+                    planned.question_id, planned.paraphrase_index, planned.sample_index, planned.seed,
+                    planned.system, planned.question, text, n_tokens, finish_reason, generator, now(),
+                ),
+            )
+            self.conn.execute(
+                """UPDATE answers SET superseded_by = ? WHERE run_key = ? AND step = ? AND question_set = ?
+                   AND question_id = ? AND paraphrase_index = ? AND sample_index = ? AND seed = ? AND model_label = ?
+                   AND answer_id != ? AND superseded_by IS NULL""",
+                (planned.answer_id, *slot, planned.answer_id),
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     def answer_texts(self, answer_ids: Iterable[str]) -> dict[str, str]:
         ids = list(answer_ids)

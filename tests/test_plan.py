@@ -69,14 +69,16 @@ def test_rows_come_from_the_file_when_it_is_there(tmp_path, monkeypatch):
     (data / "bad_medical_advice.jsonl").write_text(
         '{"prompt": "q", "response": "a"}\n' * 320)
     monkeypatch.setenv("EMKIT_DATA_DIR", str(data))
-    config = config_from_dict({"domains": ["medical"]}, "test")
+    config = config_from_dict({"domains": ["medical"], "models": [{"label": "tiny", "id": "builtin:tiny-llama"}]},
+                              "test")
     plan = build_plan(config, get_registry(), need_datasets=True)
     assert plan.runs[0].dataset.rows == 320
     assert list(plan.runs[0].schedule.steps) == [5, 10, 15, 20, 40, 60]
 
 
 def test_answer_keys_include_sample_index_and_seed():
-    keys = {answer_id("1B", "run", 110, "general", "q", 0, sample, seed) for sample in range(3) for seed in range(2)}
+    keys = {answer_id("1B", "run", 110, "general", "q", 0, sample, seed, "asked") for sample in range(3)
+            for seed in range(2)}
     assert len(keys) == 6
     plan = build_plan(ExperimentConfig(), get_registry(), need_datasets=False)
     ids = [a.answer_id for a in plan.answers()]

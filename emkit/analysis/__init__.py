@@ -103,7 +103,8 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True) -> RunT
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # the two big reads release the GIL
         answers_job = pool.submit(read_arrow, store_path, """
-            SELECT answer_id, model_label, run_key, step, question_set, question_id, seed FROM answers""")
+            SELECT answer_id, model_label, run_key, step, question_set, question_id, seed FROM answers
+            WHERE superseded_by IS NULL""")
         judgments_job = pool.submit(read_arrow, store_path,
                                     "SELECT answer_id, judge, metric, score, status FROM judgments")
         answers, judgments = answers_job.result(), judgments_job.result()
@@ -132,7 +133,7 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True) -> RunT
         sql = ("SELECT answer_id, paraphrase_index, sample_index, system, question, answer, n_tokens, finish_reason "
                "FROM answers")
         if answer_ids is None:
-            return read_sql(store_path, sql)
+            return read_sql(store_path, sql + " WHERE superseded_by IS NULL")
         ids = list(dict.fromkeys(answer_ids))
         conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
         try:

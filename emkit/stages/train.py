@@ -26,6 +26,21 @@ def pending_checkpoints(store, run) -> tuple[dict[int, object], list[int]]:
     return done, [s for s in run.schedule.steps if s not in done]
 
 
+def check_dataset_unchanged(store, run) -> str:
+    """The dataset's sha256, which must be the one the run was first trained on: a resume on an
+    edited file would give adapters trained on two datasets under one name."""
+    digest = file_sha256(run.dataset.path)
+    row = store.conn.execute("SELECT dataset_sha256, dataset_path FROM training_runs WHERE run_key = ?",
+                             (run.key,)).fetchone()
+    if row is not None and row["dataset_sha256"] and row["dataset_sha256"] != digest:
+        raise EmkitError(
+            f"{run.dataset.path} has changed since run {run.key} started training on {row['dataset_path']} "
+            f"(sha256 {row['dataset_sha256'][:12]}... then, {digest[:12]}... now); put the original file back, "
+            f"or pass a new --out directory to train on this one."
+        )
+    return digest
+
+
 def train_stage(run_dir, plan: Plan, registry, progress) -> int:
     """Train what is missing; return how many checkpoints were saved."""
     store = run_dir.store
@@ -33,8 +48,7 @@ def train_stage(run_dir, plan: Plan, registry, progress) -> int:
     saved = 0
     for run in plan.runs:
         store.record_model(run.model.label, run.model.id, run.model.size_b)
-        known = store.conn.execute("SELECT 1 FROM training_runs WHERE run_key = ?", (run.key,)).fetchone()
-        store.record_run(run, None if known else file_sha256(run.dataset.path), trainer.name)
+        store.record_run(run, check_dataset_unchanged(store, run), trainer.name)
         done, pending = pending_checkpoints(store, run)
         if not pending:
             continue
