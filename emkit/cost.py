@@ -44,9 +44,17 @@ def estimate_judge_cost(plan: Plan, registry) -> list[dict]:
                 calls += 1
                 input_tokens += prompt_tokens[key] + answer_tokens
         output_tokens = calls * (1 if mode == "logprobs" else 3)
+        note = "upper bound: every answer at max_new_tokens"
+        reasons = getattr(judge, "reasons", lambda: False)()
+        if reasons:  # hidden reasoning is billed as output; how much depends on the model and the effort
+            from emkit.judges.litellm_judge import REASONING_MAX_TOKENS
+
+            note = (f"answers at max_new_tokens, but NOT the judge's reasoning, billed as output: up to "
+                    f"{REASONING_MAX_TOKENS:,} tokens a call, ${calls * REASONING_MAX_TOKENS * output_price:,.2f} "
+                    f"at most")
         estimates.append({
             "judge": judge.name, "calls": calls, "input_tokens": input_tokens, "output_tokens": output_tokens,
             "usd": input_tokens * input_price + output_tokens * output_price,
-            "note": "upper bound: every answer at max_new_tokens" + ("" if input_price else "; no price known"),
+            "note": note + ("" if input_price else "; no price known"),
         })
     return estimates

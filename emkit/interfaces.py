@@ -46,7 +46,14 @@ class Trainer(Protocol):
 
     def train(self, job: TrainingJob, on_checkpoint: OnCheckpoint, progress: Any) -> None:
         """Train, saving the adapter at each of ``job.checkpoint_steps`` not in ``done_steps``
-        and calling ``on_checkpoint(step, path, metrics)`` right after each save."""
+        and calling ``on_checkpoint(step, path, metrics)`` right after each save. ``metrics``
+        may hold ``train_loss``, ``seconds`` and ``base_weights`` (emkit.base_weights.loaded_base
+        of the model trained, as JSON): generation then loads exactly those weights.
+
+        A trainer whose class sets ``isolated = True`` is run in a spawned child process, for
+        libraries that patch the process they are imported in (the unsloth trainer). A trainer
+        may also have ``unavailable_reason()``: a sentence saying why it cannot run here (a
+        package missing), or None; it is asked before any training starts."""
 
 
 # --- generation -----------------------------------------------------------------------
@@ -68,12 +75,13 @@ class CheckpointRequests:
 
 @dataclass
 class GenerationJob:
-    model_id: str
+    model_id: str  # the configured model, resolved: its tokenizer and chat template render the prompts
     model_label: str
     checkpoints: list[CheckpointRequests]
     settings: Any  # emkit.config.EvaluationSettings
     load_in_4bit: bool = False
     trust_remote_code: bool = False
+    base: Any = None  # emkit.base_weights.BaseWeights: the weights the adapters were trained on; load these
 
 
 @dataclass

@@ -185,15 +185,32 @@ def load_tokenizer(source: str, trust_remote_code: bool = False, padding_side: s
 
 
 def load_causal_lm(source: str, *, load_in_4bit: bool, trust_remote_code: bool = False):
+    return _load_causal_lm(source, quantization_config(load_in_4bit), trust_remote_code)
+
+
+def load_base_model(base, trust_remote_code: bool = False):
+    """Exactly the base weights a run was trained on (emkit.base_weights.BaseWeights): a
+    pre-quantised repository with its own quantisation, or the source quantised as in training."""
+    config = None
+    if base.quantization is not None and not base.prequantized:
+        from transformers import BitsAndBytesConfig
+
+        settings = {k: v for k, v in base.quantization.items() if k != "quant_method"}
+        config = BitsAndBytesConfig(**settings, bnb_4bit_compute_dtype=compute_dtype())
+    return _load_causal_lm(base.source, config, trust_remote_code, revision=base.revision)
+
+
+def _load_causal_lm(source: str, quantization, trust_remote_code: bool, revision: str | None = None):
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
-    kwargs = dict(
-        dtype=compute_dtype(),
-        use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-        quantization_config=quantization_config(load_in_4bit),
-    )
+    kwargs = dict(dtype=compute_dtype(), use_safetensors=True, trust_remote_code=trust_remote_code)
+    if quantization is not None:
+        # only when there is one: an explicit None would override a pre-quantised repository's own
+        # quantization_config, and its packed 4-bit tensors would not fit the model
+        kwargs["quantization_config"] = quantization
+    if revision:
+        kwargs["revision"] = revision
     if device() == "cuda":
         kwargs["device_map"] = {"": 0}
     try:

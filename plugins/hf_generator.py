@@ -98,10 +98,12 @@ class HFGenerator:
     def generate(self, job, on_answer, progress):
         from contextlib import nullcontext
 
-        from emkit.models import load_causal_lm, load_tokenizer, stop_token_ids
+        from emkit.base_weights import configured_base
+        from emkit.models import load_base_model, load_tokenizer, stop_token_ids
 
         tokenizer = load_tokenizer(job.model_id, job.trust_remote_code, padding_side="left")
-        model = load_causal_lm(job.model_id, load_in_4bit=job.load_in_4bit, trust_remote_code=job.trust_remote_code)
+        base = job.base or configured_base(job.model_id, job.load_in_4bit)  # the weights the adapters were trained on
+        model = load_base_model(base, trust_remote_code=job.trust_remote_code)
         model.eval()
         stop_ids = stop_token_ids(tokenizer, model)
         peft_model = None

@@ -1,7 +1,11 @@
 """The `unsloth` trainer: Unsloth's FastLanguageModel (fused kernels, less memory) on a GPU.
 
-Unsloth patches transformers when it is imported, so ``prepare`` imports it before
-anything else loads transformers. Without a GPU Unsloth falls back to plain transformers.
+Unsloth patches transformers and PEFT for the whole process it is imported in, so this
+trainer is ``isolated``: emkit runs it in a spawned child process (emkit.training.isolated),
+where it imports Unsloth before anything loads transformers, and generation and judging
+never run through its patches. Without a GPU Unsloth falls back to plain transformers.
+The base it loads (its own pre-quantised repository, when it picks one) is recorded with
+every checkpoint, and generation loads exactly that (emkit.base_weights).
 """
 
 from emkit.errors import EmkitError
@@ -25,8 +29,15 @@ class UnslothTrainer:
     name = "unsloth"
     description = "Unsloth FastLanguageModel LoRA/QLoRA (GPU kernels; pip install 'emkit[unsloth]')"
 
-    def prepare(self):
-        _import_unsloth()
+    isolated = True  # train in a child process: Unsloth's patches must not reach generation
+
+    def unavailable_reason(self) -> str | None:
+        """Asked in emkit's own process, which must not import Unsloth: is it installed at all?"""
+        import importlib.util
+
+        if importlib.util.find_spec("unsloth") is None:
+            return f"The unsloth trainer needs the unsloth package, which is not installed; {INSTALL_HINT}."
+        return None
 
     def train(self, job, on_checkpoint, progress):
         FastLanguageModel = _import_unsloth()

@@ -142,6 +142,15 @@ def warnings_for(tables: RunTables) -> list[str]:
     return notes
 
 
+def describe_base(stored: str | None) -> str:
+    """A run's base weights as the report names them (runs stored before emkit recorded them: unknown)."""
+    if not stored or stored != stored:  # None or NaN
+        return "not recorded (trained before emkit recorded base weights)"
+    from emkit.base_weights import BaseWeights
+
+    return BaseWeights.from_json(stored).describe()
+
+
 def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
     info = tables.info
     config = info.get("config", {})
@@ -157,6 +166,11 @@ def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
             files_seen.setdefault(run.get("dataset_path"), (run.get("dataset_sha256") or "")[:12], )
         rows.append(("Data", "; ".join(f"{Path(p).name if p else '?'} (sha256 {h}…)" for p, h in files_seen.items())))
         rows.append(("Trainer", ", ".join(sorted({r.get("trainer", "") for r in runs}))))
+        bases: dict[str, list[str]] = {}
+        for run in runs:
+            bases.setdefault(describe_base(run.get("base_weights")), []).append(run.get("model_label", "?"))
+        rows.append(("Base weights", "; ".join(f"{', '.join(sorted(set(labels)))}: {base}"
+                                               for base, labels in bases.items())))
         training = config.get("training", {})
         if training:
             rows.append(("Training", f"LoRA r={training.get('lora_r')} alpha={training.get('lora_alpha')}, "

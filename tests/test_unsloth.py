@@ -33,8 +33,12 @@ def test_the_command_line_says_it_too(tmp_path):
     assert "pip install 'emkit[unsloth]'" in result.stderr and "Traceback" not in result.stderr
 
 
+NEEDS_UNSLOTH = pytest.mark.skipif(importlib.util.find_spec("unsloth") is None,
+                                   reason="unsloth is not installed (emkit[unsloth])")
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="unsloth is not installed (emkit[unsloth])")
+@NEEDS_UNSLOTH
 def test_the_unsloth_trainer_runs_the_smoke_pipeline(tmp_path):
     out = tmp_path / "run"
     result = run_emkit("run", "--preset", "smoke", "--trainer", "unsloth", "--domain", "medical", "--out", out)
@@ -42,3 +46,27 @@ def test_the_unsloth_trainer_runs_the_smoke_pipeline(tmp_path):
     adapters = sorted(p.name for p in (out / "adapters" / "tiny-medical-seed0").iterdir())
     assert adapters == ["step-000002", "step-000004", "step-000008", "step-000012", "step-000016"]
     assert (out / "report.html").is_file()
+    assert "Base weights</th><td>tiny: " in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+@NEEDS_UNSLOTH
+def test_unsloth_trains_in_a_child_and_generation_runs_in_a_process_it_never_touched(tmp_path):
+    from test_isolated_training import watched_run
+
+    result, seen = watched_run(tmp_path, "unsloth")
+    assert "done: 2 new checkpoints, 60 new answers" in result.stderr
+    assert seen and all(s["patched"] == [] for s in seen), seen
+
+
+@pytest.mark.slow
+@NEEDS_UNSLOTH
+def test_the_check_sees_unsloth_where_it_was_imported():
+    import subprocess
+
+    code = ("import unsloth; from emkit.training.isolated import patched_by_unsloth; "
+            "import json; print(json.dumps(patched_by_unsloth()))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    import json
+
+    assert json.loads(result.stdout.strip().splitlines()[-1])[0].startswith("unsloth")

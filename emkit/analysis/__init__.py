@@ -118,7 +118,7 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True) -> RunT
         runs = pd.read_sql_query(
             """SELECT run_key, model_label, domain, seed AS seed_run, trainer, dataset_path, dataset_sha256,
                       dataset_rows, steps_per_epoch, total_steps, checkpoint_steps, question_sets,
-                      domain_question_set FROM training_runs""",
+                      domain_question_set, base_weights FROM training_runs""",
             conn)
         models = pd.read_sql_query("SELECT model_label, model_id, size_b FROM models", conn)
         checkpoints = pd.read_sql_query("SELECT run_key, step, train_loss FROM checkpoints", conn)

@@ -1,7 +1,10 @@
 """Stage 2, generate: every planned answer, at step 0 and at every checkpoint.
 
 Answers already in the store are skipped; the rest are grouped by base model so the
-generator loads each base model once and attaches the checkpoints' adapters in turn.
+generator loads each base model once and attaches the checkpoints' adapters in turn. The
+base is the one the model's runs were trained on (emkit.base_weights), the same weights
+and quantisation, and generation never runs in a process a trainer has patched (Unsloth
+trains in a child process of its own: emkit.training.isolated).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
+from emkit.base_weights import base_for_model, configured_base
 from emkit.interfaces import CheckpointRequests, GenerationJob, GenerationRequest
 from emkit.models import resolve_model_source
 from emkit.plan import BASE, Plan
@@ -53,13 +57,18 @@ def generate_stage(run_dir, plan: Plan, registry, progress) -> int:
             checkpoints.append(CheckpointRequests(step=step, adapter_path=adapter, requests=requests))
         log.info("generate %s: %d answers over %d checkpoints", model.label,
                  sum(len(c.requests) for c in checkpoints), len(checkpoints))
+        source = resolve_model_source(model.id)
+        base = base_for_model(store, model.label, configured_base(source, plan.config.eval_load_in_4bit),
+                              plan.config.evaluation.load_in_4bit)
+        log.info("generate %s on %s", model.label, base.describe())
         job = GenerationJob(
-            model_id=resolve_model_source(model.id),
+            model_id=source,
             model_label=model.label,
             checkpoints=checkpoints,
             settings=plan.config.evaluation,
-            load_in_4bit=plan.config.eval_load_in_4bit,
+            load_in_4bit=base.quantization is not None,
             trust_remote_code=plan.config.trust_remote_code,
+            base=base,
         )
         generator.generate(job, on_answer, progress)
     return stored

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import shutil
 
+from emkit.base_weights import BaseWeights, record_base
 from emkit.datasets import file_sha256, load_chats
 from emkit.errors import EmkitError
 from emkit.interfaces import TrainingJob
 from emkit.models import resolve_model_source
 from emkit.plan import Plan
+from emkit.training.isolated import train_in_child
 
 log = logging.getLogger("emkit")
 
@@ -45,6 +47,9 @@ def train_stage(run_dir, plan: Plan, registry, progress) -> int:
     """Train what is missing; return how many checkpoints were saved."""
     store = run_dir.store
     trainer = registry.get("trainers", plan.config.training.trainer)
+    reason = getattr(trainer, "unavailable_reason", lambda: None)()
+    if reason and any(pending_checkpoints(store, run)[1] for run in plan.runs):
+        raise EmkitError(reason)
     saved = 0
     for run in plan.runs:
         store.record_model(run.model.label, run.model.id, run.model.size_b)
@@ -53,9 +58,6 @@ def train_stage(run_dir, plan: Plan, registry, progress) -> int:
         if not pending:
             continue
         _warn_row_count(run, plan.config.data.max_rows)
-        prepare = getattr(trainer, "prepare", None)
-        if prepare is not None:
-            prepare()  # unsloth must be imported before transformers is
         chats = run.dataset.chats or load_chats(run.dataset.path, plan.config.data.max_rows)
         log.info("train %s: %d rows, %d steps, checkpoints %s (%d to save)", run.key, len(chats),
                  run.schedule.total_steps, list(run.schedule.steps), len(pending))
@@ -81,12 +83,17 @@ def train_stage(run_dir, plan: Plan, registry, progress) -> int:
 
         def on_checkpoint(step, path, metrics, _run=run):
             nonlocal saved
+            if metrics.get("base_weights"):  # refused here if a resumed run loaded other weights
+                record_base(store, _run.key, BaseWeights.from_json(metrics["base_weights"]))
             store.add_checkpoint(_run.key, step, path, metrics.get("train_loss"), metrics.get("seconds"))
             saved += 1
             log.info("checkpoint %s step %d saved (train loss %.4f)", _run.key, step,
                      metrics.get("train_loss") or float("nan"))
 
-        trainer.train(job, on_checkpoint, progress)
+        if getattr(trainer, "isolated", False):  # it patches the process it runs in (Unsloth)
+            train_in_child(trainer.name, job, on_checkpoint, progress)
+        else:
+            trainer.train(job, on_checkpoint, progress)
         _, still_missing = pending_checkpoints(store, run)
         if still_missing:
             raise EmkitError(

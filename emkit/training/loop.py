@@ -103,6 +103,9 @@ def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, d
     )
     pad_id = tokenizer.pad_token_id
     window_loss, window_steps, tokens, started = 0.0, 0, 0, time.monotonic()
+    from emkit.base_weights import loaded_base
+
+    base = loaded_base(model, job.model_id).to_json()  # what the adapters are trained on, for the store
     with progress(total=last_needed, unit="steps", desc=f"train {job.run_key}") as bar:
         bar.update(start)
         for step in range(start + 1, last_needed + 1):
@@ -135,7 +138,7 @@ def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, d
                 path = job.adapter_path(step)
                 save_adapter(model, path)
                 on_checkpoint(step, path, {"train_loss": window_loss / window_steps,
-                                           "seconds": time.monotonic() - started})
+                                           "seconds": time.monotonic() - started, "base_weights": base})
                 window_loss, window_steps = 0.0, 0
             if step in pending or step % settings.save_state_every == 0:
                 save_state(job.state_dir, step, model, optimizer, scheduler)
