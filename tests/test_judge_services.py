@@ -229,3 +229,8 @@ def test_a_store_failure_beside_the_loop_stops_the_calls(tmp_path):
     with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
         asyncio.run(cell())
     assert len(calls) < 20  # no paid calls go on once their results cannot be kept
+
+
+def test_the_dry_run_says_what_a_reasoning_judge_may_add():
+    result = run_emkit("run", "--dry-run", "--judge", "gpt-5-mini")
+    assert "NOT the judge's reasoning, billed as output: up to 4,096 tokens a call" in result.stdout
