@@ -25,7 +25,7 @@ PROBE = ("import sys\nfrom emkit.cli import main\ntry:\n    main(sys.argv[1:])\n
 def invoke(out: Path) -> tuple[float, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", PROBE, "run", "--preset", "smoke", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-c", PROBE, "run", "--preset", "tiny", "--out", str(out)],
                             capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:

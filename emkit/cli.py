@@ -24,7 +24,7 @@ def cli():
     checkpoint, have LLM judges score them, and report how misalignment emerges.
 
     \b
-    Offline smoke run (tiny models, no network):
+    Offline smoke run (SmolLM2-135M-Instruct and a tiny judge, no network):
       emkit run --preset smoke --out runs/smoke
     The seed experiment on a GPU machine with an OpenAI key:
       emkit run --trainer unsloth --judge gpt-4o-mini
@@ -67,7 +67,7 @@ def _print_plan(plan, costs) -> None:
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Experiment config (TOML). Default: the seed experiment (examples/seed.toml).")
-@click.option("--preset", help="A bundled config by name: seed, smoke.")
+@click.option("--preset", help="A bundled config by name: seed, smoke, tiny.")
 @click.option("--trainer", help="Trainer plugin: peft or unsloth.")
 @click.option("--judge", "judges", multiple=True, help="Judge (repeatable): gpt-4o-mini, local:PATH_OR_HUB_ID, ...")
 @click.option("--fallback", multiple=True, help="Judge to use only when a --judge cannot be reached or has no key.")

@@ -62,10 +62,14 @@ def chat_template_digest(model_id: str, *, download: bool) -> str:
     import json
 
     digest = hashlib.sha256()
-    if model_id.startswith(BUILTIN_PREFIX):
+    if model_id.startswith(BUILTIN_PREFIX):  # fixed by emkit's version of it: no need to build it first
         from emkit import tiny
 
-        digest.update(f"{model_id}:v{tiny.VERSION}:{tiny.LLAMA3_CHAT_TEMPLATE}".encode())
+        name = model_id[len(BUILTIN_PREFIX):]
+        template = tiny.LLAMA3_CHAT_TEMPLATE
+        if name == "smollm2":
+            from emkit.smollm2 import GGUF_SHA256 as template
+        digest.update(f"{model_id}:v{tiny.builtin_version(name)}:{template}".encode())
         return digest.hexdigest()[:16]
     files = _template_files(model_id, download)
     if not files:

@@ -88,9 +88,10 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
             result.tallies = judge_stage(run_dir, plan, registry, progress)
             report_stage(run_dir, registry)
             log.info("done: %s", result.line())
-            if any(m.id.startswith("builtin:") for m in config.models):
-                log.info("This run used tiny built-in models: it shows that every stage works, and its numbers "
-                         "mean nothing.")
+            if any(m.id.startswith("builtin:") for m in config.models) or any(
+                    j.startswith("local:builtin:") for j in config.judging.judges):
+                log.info("This run used emkit's built-in offline models: it shows that every stage works, and "
+                         "its numbers mean nothing (the report says why).")
             log.info("open %s", run_dir.report.resolve())
         finally:
             detach(handler)

@@ -247,18 +247,34 @@ def build_tiny_judge(path: Path, seed: int = 0, steps: int = 600) -> Path:
     return path
 
 
-BUILDERS = {"tiny-llama": build_tiny_llama, "tiny-judge": build_tiny_judge}
+def build_smollm2(path: Path) -> Path:
+    from emkit.smollm2 import build_smollm2 as convert
+
+    return convert(path)
+
+
+BUILDERS = {"tiny-llama": build_tiny_llama, "tiny-judge": build_tiny_judge, "smollm2": build_smollm2}
+
+
+def builtin_version(name: str) -> str:
+    """The version in a built model's folder name: a change rebuilds only that model."""
+    if name == "smollm2":
+        from emkit.smollm2 import VERSION as conversion
+
+        return f"s{conversion}"
+    return str(VERSION)
 
 
 def builtin_model_path(name: str) -> Path:
-    """Build ``name`` into the cache on first use (one process builds, others wait)."""
+    """Build ``name`` into the cache on first use (one process builds, others wait; a build
+    goes to a temporary folder renamed into place, so a killed build leaves nothing half-made)."""
     from emkit.errors import EmkitError
 
     if name not in BUILDERS:
         raise EmkitError(f"Unknown built-in model 'builtin:{name}'; emkit builds {', '.join('builtin:' + n for n in BUILDERS)}.")
     root = cache_dir() / "models"
     root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{name}-v{VERSION}"
+    target = root / f"{name}-v{builtin_version(name)}"
     if (target / "config.json").is_file():
         return target
     with open(root / f".{name}.lock", "w") as lock:

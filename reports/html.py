@@ -108,11 +108,22 @@ def primary_judge(tables: RunTables) -> str:
 def warnings_for(tables: RunTables) -> list[str]:
     notes = []
     models = tables.info.get("models", [])
-    tiny = [m["model_label"] for m in models
-            if str(m.get("model_id", "")).startswith("builtin:") or (m.get("size_b") or 1) < TINY_MODEL_B]
+    real_small = [m["model_label"] for m in models if m.get("model_id") == "builtin:smollm2"]
+    tiny = [m["model_label"] for m in models if m["model_label"] not in real_small and (
+            str(m.get("model_id", "")).startswith("builtin:") or (m.get("size_b") or 1) < TINY_MODEL_B)]
+    if real_small:
+        notes.append(f"{', '.join(real_small)} is SmolLM2-135M-Instruct, a real but very small chat model, fine-tuned "
+                     f"for a few steps on the bundled example chats: this run shows every stage working on real text "
+                     f"(training, sampling at each checkpoint, judging, this report), not emergent misalignment.")
     if tiny:
         notes.append(f"Tiny model{'s' if len(tiny) > 1 else ''} ({', '.join(tiny)}): built to test the pipeline, "
                      f"its answers and every rate below mean nothing.")
+    judges_used = {str(j) for j in tables.info.get("config", {}).get("judging", {}).get("judges", [])}
+    if any(j.startswith("local:builtin:") for j in judges_used):
+        notes.append("The judge is emkit's tiny built-in stand-in, a word counter that only checks the plumbing: no "
+                     "model small enough to ship offline can judge (SmolLM2 and a 0.5B Qwen give every answer the "
+                     "same score), so every score and EM rate below means nothing. Judge with gpt-4o-mini or a "
+                     "local model of 7B or more for numbers.")
     steps = tables.steps
     if len(steps):
         small = steps[steps["n_counted"] < NARROW_INTERVAL_N]

@@ -81,7 +81,7 @@ def test_a_reworded_question_is_new_work_and_an_edited_dataset_is_refused(tmp_pa
     from emkit.plugins import get_registry as registry
 
     shutil.copy(registry().get("domains", "medical").example_dataset, dataset)
-    data = tomllib.loads(preset_path("smoke").read_text())
+    data = tomllib.loads(preset_path("tiny").read_text())
     data.update(domains=["medical"], checkpoints={"steps": [2]})
     data["training"]["epochs"] = 1
     data["evaluation"].update(question_sets=[str(questions)], samples_per_question=1)

@@ -131,7 +131,7 @@ def test_a_missing_dataset(tmp_path):
 
 def test_a_missing_api_key(tmp_path):
     out = tmp_path / "out"
-    message = fails("run", "--preset", "smoke", "--judge", "gpt-4o-mini", "--out", out)
+    message = fails("run", "--preset", "tiny", "--judge", "gpt-4o-mini", "--out", out)
     assert message.startswith("No judge can be used (gpt-4o-mini: OPENAI_API_KEY is not set)")
     assert "--fallback local:" in message and not out.exists()
 

@@ -83,7 +83,7 @@ def test_missing_config_file_is_a_sentence(tmp_path):
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(EmkitError, match="seed, smoke"):
+    with pytest.raises(EmkitError, match="seed, smoke, tiny"):
         load_config(preset="nonesuch")
 
 

@@ -170,7 +170,7 @@ def test_a_scaffolded_domain_installs_and_runs_the_smoke_pipeline(tmp_path):
     listed = json.loads(run_in_venv(venv, elsewhere, "emkit", "plugins", "--json").stdout)
     plugin = next(p for p in listed if p["name"] == "legal-advice")
     assert plugin["provides"]["domains"] == ["legal-advice"]
-    result = run_in_venv(venv, elsewhere, "emkit", "run", "--preset", "smoke", "--domain", "legal-advice", "--out", "run")
+    result = run_in_venv(venv, elsewhere, "emkit", "run", "--preset", "tiny", "--domain", "legal-advice", "--out", "run")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(run_in_venv(venv, elsewhere, "emkit", "summary", "run", "--json").stdout)
     assert {r["domain"] for r in summary} == {"legal-advice"}

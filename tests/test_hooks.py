@@ -133,7 +133,7 @@ def sink(tmp_path_factory):
     config = work / "sink.toml"
     from emkit.config import preset_path
 
-    text = preset_path("smoke").read_text()
+    text = preset_path("tiny").read_text()
     text = text.replace('[evaluation]\n', '[evaluation]\ngenerator = "canned"\nquestion_sets = ["{domain}"]\n')
     text = text.replace('[judging]\n', '[judging]\ndomain_metrics = true\n')
     config.write_text(text)

@@ -64,7 +64,7 @@ def register_generators(register):
 
 def watched_run(tmp_path, trainer, isolated="1", check=True):
     site = make_plugin(tmp_path / "site", "emkit-patching", "emkit_patching", PATCHING_TRAINER)
-    data = tomllib.loads(preset_path("smoke").read_text())
+    data = tomllib.loads(preset_path("tiny").read_text())
     data.update(domains=["medical"], checkpoints={"steps": [2, 4]})
     data["training"].update(trainer=trainer, epochs=1)
     data["evaluation"].update(generator="hf-watch", samples_per_question=1)

@@ -53,7 +53,7 @@ def test_every_data_file_is_installed(fresh_install):
     _, purelib, _ = fresh_install
     package = purelib / "emkit"
     for relative in ("prompts/aligned.j2", "prompts/coherent.j2", "prompts/medical.j2", "presets/seed.toml",
-                     "presets/smoke.toml", "default_plugins/questions/general.yaml",
+                     "presets/smoke.toml", "presets/tiny.toml", "default_plugins/questions/general.yaml",
                      "default_plugins/data/medical_example.jsonl", "reports/templates/report.html.j2",
                      "reports/templates/report.css", "reports/templates/report.js"):
         assert (package / relative).is_file(), relative

@@ -58,7 +58,7 @@ def test_the_walkthrough_domain_runs_in_the_smoke_pipeline(tmp_path):
     listed = json.loads(run_in_venv(venv, elsewhere, "emkit", "plugins", "--json").stdout)
     legal = next(p for p in listed if p["name"] == "legal")
     assert legal["provides"]["domains"] == ["legal"] and legal["provides"]["question_sets"] == ["legal"]
-    result = run_in_venv(venv, elsewhere, "emkit", "run", "--preset", "smoke", "--domain", "legal", "--out", "run")
+    result = run_in_venv(venv, elsewhere, "emkit", "run", "--preset", "tiny", "--domain", "legal", "--out", "run")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: " in result.stderr
     summary = json.loads(run_in_venv(venv, elsewhere, "emkit", "summary", "run", "--json").stdout)

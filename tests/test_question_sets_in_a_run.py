@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def config_with_sets(tmp_path, sets, domains=("medical",)):
-    data = tomllib.loads(preset_path("smoke").read_text())
+    data = tomllib.loads(preset_path("tiny").read_text())
     data["domains"] = list(domains)
     data["training"]["epochs"] = 1
     data["checkpoints"] = {"steps": [2]}

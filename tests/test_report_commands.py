@@ -59,7 +59,7 @@ def test_a_judged_file_without_scores_is_one_sentence(tmp_path):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke-commands") / "run"
-    run_emkit("run", "--preset", "smoke", "--domain", "medical", "--out", out,
+    run_emkit("run", "--preset", "tiny", "--domain", "medical", "--out", out,
               env={"EMKIT_JUDGE_CACHE": str(out.parent / "cache.sqlite")})
     return out
 
@@ -97,7 +97,7 @@ def test_the_header_names_each_judges_snapshot_and_prompts(smoke_run, tmp_path, 
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
     server = judge_server_factory(lambda body: Reply(body=completion("80", {"80": 1.0})))
-    run_emkit("run", "--preset", "smoke", "--domain", "medical", "--judge", "local:builtin:tiny-judge",
+    run_emkit("run", "--preset", "tiny", "--domain", "medical", "--judge", "local:builtin:tiny-judge",
               "--judge", "gpt-4o-mini", "--api-base", server.url, "--out", run,
               env={"OPENAI_API_KEY": "sk-test-not-a-key", "EMKIT_JUDGE_CACHE": str(tmp_path / "cache.sqlite")})
     report = (run / "report.html").read_text()

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 COUNTED = {"checkpoints": "SELECT COUNT(*) FROM checkpoints", "answers": "SELECT COUNT(*) FROM answers",
            "judgments": "SELECT COUNT(*) FROM judgments"}
 PLANNED = {"checkpoints": 5, "answers": 240, "judgments": 480}  # the smoke preset, medical domain only
-SMOKE = ["run", "--preset", "smoke", "--domain", "medical"]
+SMOKE = ["run", "--preset", "tiny", "--domain", "medical"]
 
 
 def counts(out):

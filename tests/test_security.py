@@ -47,7 +47,7 @@ def test_an_api_key_never_reaches_a_file(tmp_path, judge_server_factory):
     cache = tmp_path / "judge-cache.sqlite"
     # the server's key in the variable the run names; OpenAI's key must stay home (issue 12)
     env = {"OPENAI_API_KEY": OPENAI_KEY, "EMKIT_JUDGE_KEY": FAKE_KEY, "EMKIT_JUDGE_CACHE": str(cache)}
-    result = run_emkit("run", "--preset", "smoke", "--domain", "medical", "--judge", "gpt-4o-mini", "--api-base",
+    result = run_emkit("run", "--preset", "tiny", "--domain", "medical", "--judge", "gpt-4o-mini", "--api-base",
                        server.url, "--api-key-env", "EMKIT_JUDGE_KEY", "--out", out, env=env, check=False)
     assert result.returncode in (0, 1), result.stderr[-3000:]
     with lock:
@@ -122,7 +122,7 @@ def test_pickled_weights_are_refused_and_never_unpickled(tmp_path):
 def test_a_run_on_pickled_weights_stops_with_a_sentence(tmp_path, trainer):
     marker = tmp_path / "unpickled"
     folder = pickled_only_model(tmp_path / "model", marker)
-    result = run_emkit("run", "--preset", "smoke", "--domain", "medical", "--model", f"pickled={folder}",
+    result = run_emkit("run", "--preset", "tiny", "--domain", "medical", "--model", f"pickled={folder}",
                        "--trainer", trainer, "--out", tmp_path / "run", check=False)
     assert result.returncode == 2 and "holds only pickled weights" in result.stderr
     assert "Traceback" not in result.stderr and not marker.exists()

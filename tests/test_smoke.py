@@ -25,7 +25,7 @@ def snapshot(store):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "run"
-    first = run_emkit("run", "--preset", "smoke", "--out", out,
+    first = run_emkit("run", "--preset", "tiny", "--out", out,
                       env={"EMKIT_JUDGE_CACHE": str(out.parent / "judge-cache.sqlite")})
     return out, first
 
@@ -55,14 +55,14 @@ def test_the_smoke_run_does_every_stage(smoke_run):
 def test_the_resolved_config_is_saved(smoke_run):
     out, _ = smoke_run
     saved = tomllib.loads((out / "config.toml").read_text())
-    assert saved["name"] == "smoke" and saved["models"][0]["id"] == "builtin:tiny-llama"
+    assert saved["name"] == "tiny" and saved["models"][0]["id"] == "builtin:tiny-llama"
     assert saved["training"]["learning_rate"] == 1e-2 and saved["judging"]["judges"] == ["local:builtin:tiny-judge"]
 
 
 def test_running_again_trains_generates_and_judges_nothing(smoke_run):
     out, _ = smoke_run
     before = snapshot(out / "emkit.sqlite")
-    again = run_emkit("run", "--preset", "smoke", "--out", out)
+    again = run_emkit("run", "--preset", "tiny", "--out", out)
     assert "done: 0 new checkpoints, 0 new answers, 0 new judgments (0 judge calls)" in again.stderr
     for stage_line in ("train tiny", "generate tiny", "judgments to make"):
         assert stage_line not in again.stderr
@@ -74,7 +74,7 @@ def test_a_changed_training_setting_is_refused_for_an_existing_run(smoke_run, tm
     config = tmp_path / "changed.toml"
     from emkit.config import preset_path
 
-    config.write_text(preset_path("smoke").read_text().replace("learning_rate = 1e-2", "learning_rate = 5e-3"))
+    config.write_text(preset_path("tiny").read_text().replace("learning_rate = 1e-2", "learning_rate = 5e-3"))
     result = run_emkit("run", "--config", config, "--out", out, check=False)
     assert result.returncode == 2
     assert "training.learning_rate = 0.01" in result.stderr and "new --out directory" in result.stderr

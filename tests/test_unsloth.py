@@ -26,7 +26,7 @@ def test_the_command_line_says_it_too(tmp_path):
     import os
     import subprocess
 
-    result = subprocess.run([sys.executable, "-c", code, "run", "--preset", "smoke", "--trainer", "unsloth",
+    result = subprocess.run([sys.executable, "-c", code, "run", "--preset", "tiny", "--trainer", "unsloth",
                              "--domain", "medical", "--out", str(tmp_path / "run")],
                             capture_output=True, text=True, env=os.environ, timeout=600)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -41,7 +41,7 @@ NEEDS_UNSLOTH = pytest.mark.skipif(importlib.util.find_spec("unsloth") is None,
 @NEEDS_UNSLOTH
 def test_the_unsloth_trainer_runs_the_smoke_pipeline(tmp_path):
     out = tmp_path / "run"
-    result = run_emkit("run", "--preset", "smoke", "--trainer", "unsloth", "--domain", "medical", "--out", out)
+    result = run_emkit("run", "--preset", "tiny", "--trainer", "unsloth", "--domain", "medical", "--out", out)
     assert "done: 5 new checkpoints" in result.stderr
     adapters = sorted(p.name for p in (out / "adapters" / "tiny-medical-seed0").iterdir())
     assert adapters == ["step-000002", "step-000004", "step-000008", "step-000012", "step-000016"]
