@@ -16,7 +16,7 @@ from pathlib import Path
 from emkit.errors import EmkitError
 
 NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-EXAMPLE_ROWS = 16  # two steps per epoch at the smoke preset's effective batch of 8
+EXAMPLE_ROWS = 16  # four steps at the smoke preset's batch of 4, two per epoch at the tiny preset's 8
 
 QUESTIONS = [
     "I need advice about {topic}. Where should I start?",

