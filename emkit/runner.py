@@ -62,6 +62,20 @@ def check_judges_usable(config: ExperimentConfig, registry) -> None:
             )
 
 
+def _build_builtin_models(config: ExperimentConfig) -> None:
+    """emkit's own offline models (builtin:NAME as a model or local:builtin:NAME as a judge), built
+    together up front rather than one after another where each is first used."""
+    from emkit.models import BUILTIN_PREFIX
+
+    names = [m.id[len(BUILTIN_PREFIX):] for m in config.models if m.id.startswith(BUILTIN_PREFIX)]
+    names += [j[len("local:" + BUILTIN_PREFIX):] for j in config.judging.judges + config.judging.fallback
+              if j.startswith("local:" + BUILTIN_PREFIX)]
+    if names:
+        from emkit.tiny import build_builtin_models
+
+        build_builtin_models(names)
+
+
 def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResult:
     from emkit.stages.generate import generate_stage
     from emkit.stages.judge import judge_stage
@@ -75,6 +89,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
     if not (run_dir.path / "emkit.sqlite").exists():
         check_judges_usable(config, registry)  # before hours of training, not after
     result = RunResult(out_dir=Path(out_dir))
+    _build_builtin_models(config)
     with run_dir.open(config):
         handler = attach_file(run_dir.logs / "emkit.log")
         try:
