@@ -62,18 +62,17 @@ def check_judges_usable(config: ExperimentConfig, registry) -> None:
             )
 
 
-def _build_builtin_models(config: ExperimentConfig) -> None:
-    """emkit's own offline models (builtin:NAME as a model or local:builtin:NAME as a judge), built
-    together up front rather than one after another where each is first used."""
+def _start_builtin_builds(config: ExperimentConfig):
+    """emkit's own offline models (builtin:NAME as a model, local:builtin:NAME as a judge): the
+    models built up front, side by side; a judge's built while the run trains and generates."""
     from emkit.models import BUILTIN_PREFIX
+    from emkit.tiny import BuiltinBuilds
 
-    names = [m.id[len(BUILTIN_PREFIX):] for m in config.models if m.id.startswith(BUILTIN_PREFIX)]
-    names += [j[len("local:" + BUILTIN_PREFIX):] for j in config.judging.judges + config.judging.fallback
-              if j.startswith("local:" + BUILTIN_PREFIX)]
-    if names:
-        from emkit.tiny import build_builtin_models
-
-        build_builtin_models(names)
+    judge_prefix = "local:" + BUILTIN_PREFIX
+    models = [m.id[len(BUILTIN_PREFIX):] for m in config.models if m.id.startswith(BUILTIN_PREFIX)]
+    judges = [j[len(judge_prefix):] for j in config.judging.judges + config.judging.fallback
+              if j.startswith(judge_prefix)]
+    return BuiltinBuilds().start(models, judges) if models or judges else BuiltinBuilds()
 
 
 def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResult:
@@ -89,7 +88,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
     if not (run_dir.path / "emkit.sqlite").exists():
         check_judges_usable(config, registry)  # before hours of training, not after
     result = RunResult(out_dir=Path(out_dir))
-    _build_builtin_models(config)
+    builds = _start_builtin_builds(config)
     with run_dir.open(config):
         handler = attach_file(run_dir.logs / "emkit.log")
         try:
@@ -100,6 +99,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
                      len(plan.runs), totals["checkpoints"], totals["generations"], totals["judge_calls"])
             result.checkpoints_saved = train_stage(run_dir, plan, registry, progress)
             result.answers_generated = generate_stage(run_dir, plan, registry, progress)
+            builds.wait()  # the judge's model, built while the run trained and generated
             result.tallies = judge_stage(run_dir, plan, registry, progress)
             report_stage(run_dir, registry)
             log.info("done: %s", result.line())
@@ -109,5 +109,6 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
                          "its numbers mean nothing (the report says why).")
             log.info("open %s", run_dir.report.resolve())
         finally:
+            builds.close()
             detach(handler)
     return result

@@ -289,26 +289,55 @@ def builtin_model_path(name: str) -> Path:
     return target
 
 
-def build_builtin_models(names: list[str]) -> None:
-    """Build the missing ones of these built-in models side by side, before a run needs them.
+def _missing(names) -> list[str]:
+    return [n for n in dict.fromkeys(names) if n in BUILDERS
+            and not (cache_dir() / "models" / f"{n}-v{builtin_version(n)}" / "config.json").is_file()]
 
-    The SmolLM2 conversion mostly parses its file in Python on one core while a tiny model
-    trains on the other, so together they take about as long as the slowest alone (some 40 s
-    off the smoke run's first run). Each is built in a process of its own: a tiny model's
-    weights come from torch's global random generator, which two builds in one process would
-    share and so interleave."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
-    missing = [n for n in dict.fromkeys(names) if n in BUILDERS
-               and not (cache_dir() / "models" / f"{n}-v{builtin_version(n)}" / "config.json").is_file()]
-    if len(missing) < 2:
-        return  # one build gains nothing from a process; it is built where it is first used
-    import logging
+def _build_on_one_core(name: str) -> Path:
+    import torch
 
-    logging.getLogger("emkit").info("building the built-in models %s once, side by side (about a minute)",
-                                    ", ".join(missing))
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(missing), mp_context=context) as pool:
-        for future in [pool.submit(builtin_model_path, n) for n in missing]:
+    torch.set_num_threads(1)  # it shares the machine with the run, which goes on meanwhile
+    return builtin_model_path(name)
+
+
+class BuiltinBuilds:
+    """Built-in models built in processes of their own while a run goes on.
+
+    ``start(needed_now, needed_later)``: the models training and generation need are built
+    first, side by side (the SmolLM2 conversion mostly parses its file in Python on one core,
+    while a tiny model trains on the other); a judge's model goes on building while the run
+    trains and generates, and ``wait()`` before judging collects it. A process each: a tiny
+    model's weights come from torch's global random generator, which two builds in one
+    process would share and interleave."""
+
+    def __init__(self):
+        self.pool = None
+        self.later: list = []
+
+    def start(self, needed_now: list[str], needed_later: list[str]) -> "BuiltinBuilds":
+        import logging
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        now, later = _missing(needed_now), [n for n in _missing(needed_later) if n not in needed_now]
+        if not later and len(now) < 2:
+            return self  # nothing to overlap: a model is built where it is first used
+        logging.getLogger("emkit").info("building the built-in models %s once (about a minute), side by side with "
+                                        "the run", ", ".join(now + later))
+        self.pool = ProcessPoolExecutor(max_workers=len(now) + len(later),
+                                        mp_context=multiprocessing.get_context("spawn"))
+        self.later = [self.pool.submit(_build_on_one_core, n) for n in later]
+        for future in [self.pool.submit(builtin_model_path, n) for n in now]:
             future.result()
+        return self
+
+    def wait(self) -> None:
+        for future in self.later:
+            future.result()
+        self.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
