@@ -328,8 +328,12 @@ class BuiltinBuilds:
         self.pool = ProcessPoolExecutor(max_workers=len(now) + len(later),
                                         mp_context=multiprocessing.get_context("spawn"))
         self.later = [self.pool.submit(_build_on_one_core, n) for n in later]
-        for future in [self.pool.submit(builtin_model_path, n) for n in now]:
-            future.result()
+        try:
+            for future in [self.pool.submit(builtin_model_path, n) for n in now]:
+                future.result()
+        except BaseException:
+            self.close()  # a failed build (a package missing): the others that have not started never will
+            raise
         return self
 
     def wait(self) -> None:
@@ -339,5 +343,7 @@ class BuiltinBuilds:
 
     def close(self) -> None:
         if self.pool is not None:
+            for future in self.later:
+                future.cancel()
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
