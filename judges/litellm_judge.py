@@ -21,6 +21,7 @@ lean HTTP client, which costs a sixth of the CPU of litellm.acompletion per call
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from urllib.parse import urlparse
@@ -181,14 +182,18 @@ class LiteLLMJudge:
             self._litellm_model = provider_model(self.model, self.api_base)
         return self._litellm_model
 
-    def provider(self) -> tuple[str, str | None]:
-        """(the model name on the wire, litellm's provider for it)."""
+    @functools.cached_property
+    def _provider(self) -> tuple[str, str | None]:
         litellm = import_litellm()
         try:
             wire_model, provider, _, _ = litellm.get_llm_provider(self.litellm_model, api_base=self.api_base)
         except Exception:
             return self.model, None
         return wire_model, provider
+
+    def provider(self) -> tuple[str, str | None]:
+        """(the model name on the wire, litellm's provider for it), resolved once: asked on every call."""
+        return self._provider
 
     def api_key(self, provider: str | None) -> str | None:
         """The key this judge sends. OPENAI_API_KEY goes to OpenAI's own endpoint only; a custom
@@ -228,13 +233,17 @@ class LiteLLMJudge:
             params = []
         return "logprobs" in params and "logprobs" in self.request_params("logprobs")
 
-    def reasons(self) -> bool:
-        """Whether the model thinks before it answers (litellm's model table says so)."""
+    @functools.cached_property
+    def _reasons(self) -> bool:
         litellm = import_litellm()
         try:
             return bool(litellm.supports_reasoning(model=self.litellm_model))
         except Exception:
             return False
+
+    def reasons(self) -> bool:
+        """Whether the model thinks before it answers (litellm's model table says so), looked up once."""
+        return self._reasons
 
     def wanted_params(self, mode: str) -> dict:
         """What emkit asks of every judge call, in OpenAI's terms, before litellm maps it."""
