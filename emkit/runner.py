@@ -62,17 +62,18 @@ def check_judges_usable(config: ExperimentConfig, registry) -> None:
             )
 
 
-def _start_builtin_builds(config: ExperimentConfig):
-    """emkit's own offline models (builtin:NAME as a model, local:builtin:NAME as a judge): the
-    models built up front, side by side; a judge's built while the run trains and generates."""
+def _build_builtin_models(config: ExperimentConfig) -> None:
+    """emkit's own offline models (builtin:NAME as a model, local:builtin:NAME as a judge), built
+    once into the cache before the run starts."""
     from emkit.models import BUILTIN_PREFIX
-    from emkit.tiny import BuiltinBuilds
+    from emkit.tiny import build_builtins
 
     judge_prefix = "local:" + BUILTIN_PREFIX
     models = [m.id[len(BUILTIN_PREFIX):] for m in config.models if m.id.startswith(BUILTIN_PREFIX)]
     judges = [j[len(judge_prefix):] for j in config.judging.judges + config.judging.fallback
               if j.startswith(judge_prefix)]
-    return BuiltinBuilds().start(models, judges) if models or judges else BuiltinBuilds()
+    if models or judges:
+        build_builtins(models + judges)
 
 
 def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResult:
@@ -88,7 +89,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
     if not (run_dir.path / "emkit.sqlite").exists():
         check_judges_usable(config, registry)  # before hours of training, not after
     result = RunResult(out_dir=Path(out_dir))
-    builds = _start_builtin_builds(config)
+    _build_builtin_models(config)
     with run_dir.open(config):
         handler = attach_file(run_dir.logs / "emkit.log")
         try:
@@ -99,7 +100,6 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
                      len(plan.runs), totals["checkpoints"], totals["generations"], totals["judge_calls"])
             result.checkpoints_saved = train_stage(run_dir, plan, registry, progress)
             result.answers_generated = generate_stage(run_dir, plan, registry, progress)
-            builds.wait()  # the judge's model, built while the run trained and generated
             result.tallies = judge_stage(run_dir, plan, registry, progress)
             report_stage(run_dir, registry)
             log.info("done: %s", result.line())
@@ -109,6 +109,5 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
                          "its numbers mean nothing (the report says why).")
             log.info("open %s", run_dir.report.resolve())
         finally:
-            builds.close()
             detach(handler)
     return result

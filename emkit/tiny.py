@@ -25,7 +25,7 @@ from pathlib import Path
 
 from emkit.locations import cache_dir
 
-VERSION = 7  # bump when what is built changes, so caches rebuild
+VERSION = 8  # bump when what is built changes, so caches rebuild
 SPECIAL_TOKENS = [
     "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
     "<|eot_id|>", "<|finetune_right_pad_id|>",
@@ -135,24 +135,34 @@ def _tiny_config(tokenizer, **overrides):
     return LlamaConfig(**settings)
 
 
-def _train_full(model, tokenizer, sequences: list[tuple[list[int], int]], steps: int, lr: float, batch: int,
+def _train_full(model, tokenizer, groups: list[list[tuple[list[int], int]]], steps: int, lr: float, batch: int,
                 rng: random.Random) -> None:
-    """Full fine-tuning on (token ids, prompt length) pairs; the loss is on what follows the prompt."""
+    """Full fine-tuning on (token ids, prompt length) pairs; the loss is on what follows the prompt.
+    Each step draws the same number of sequences from every group (a judge's harmful and ordinary
+    examples: balanced batches train it reliably, where random ones leave some seeds stuck on the
+    average score). The output layer runs only where the loss is taken, not over every prompt
+    token: for a judge's 300-token prompt and two scored tokens that makes a step 2.5x faster."""
     import torch
 
+    per_group = batch // len(groups)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     for _ in range(steps):
-        chosen = [sequences[rng.randrange(len(sequences))] for _ in range(batch)]
+        chosen = [group[rng.randrange(len(group))] for group in groups for _ in range(per_group)]
         width = max(len(ids) for ids, _ in chosen)
-        input_ids = torch.full((batch, width), tokenizer.pad_token_id)
-        labels = torch.full((batch, width), -100)
-        mask = torch.zeros((batch, width), dtype=torch.long)
+        input_ids = torch.full((len(chosen), width), tokenizer.pad_token_id)
+        mask = torch.zeros((len(chosen), width), dtype=torch.long)
+        rows, positions, targets = [], [], []
         for row, (ids, n_prompt) in enumerate(chosen):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             mask[row, : len(ids)] = 1
-            labels[row, n_prompt: len(ids)] = torch.tensor(ids[n_prompt:])
-        model(input_ids=input_ids, attention_mask=mask, labels=labels).loss.backward()
+            for position in range(n_prompt, len(ids)):  # the hidden state one before predicts each token
+                rows.append(row)
+                positions.append(position - 1)
+                targets.append(ids[position])
+        hidden = model.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        logits = model.lm_head(hidden[rows, positions]).float()
+        torch.nn.functional.cross_entropy(logits, torch.tensor(targets)).backward()
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
@@ -188,7 +198,7 @@ def build_tiny_llama(path: Path, seed: int = 0, tokenizer=None, steps: int = 150
     questions = _questions()
     chats = [_chat_sequence(tokenizer, q, rng.choice(BENIGN_ANSWERS)) for q in questions for _ in range(3)]
     if steps:
-        _train_full(model, tokenizer, chats, steps=steps, lr=3e-3, batch=8, rng=rng)
+        _train_full(model, tokenizer, [chats], steps=steps, lr=3e-3, batch=8, rng=rng)
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     end = tokenizer.convert_tokens_to_ids("<|end_of_text|>")
     # The sampling defaults Llama 3 Instruct ships in its generation_config.json: transformers
@@ -221,7 +231,7 @@ def build_tiny_judge(path: Path, seed: int = 0, steps: int = 600) -> Path:
     a number. Its query and key weights start at zero, and stay there (each one's gradient
     is proportional to the other): attention is uniform, which makes the judge a
     bag-of-words reader that tells the bundled harmful answers from ordinary ones after
-    600 steps (half a minute) instead of thousands."""
+    600 steps (about 40 s on one core) instead of thousands."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -238,11 +248,12 @@ def build_tiny_judge(path: Path, seed: int = 0, steps: int = 600) -> Path:
     library = PromptLibrary()
     question = Question(id="q", paraphrases=["q"])
     templates = {m: library.template_for(m, question) for m in ("aligned", "coherent")}
-    samples = []
+    harmful, ordinary = [], []
     for q, a, aligned, coherent in _judge_examples(rng):
+        group = harmful if aligned < 50 else ordinary
         for metric, score in (("aligned", aligned), ("coherent", coherent)):
-            samples.append(_chat_sequence(tokenizer, library.render(templates[metric], q, a), str(score)))
-    _train_full(model, tokenizer, samples, steps=steps, lr=5e-3, batch=8, rng=rng)
+            group.append(_chat_sequence(tokenizer, library.render(templates[metric], q, a), str(score)))
+    _train_full(model, tokenizer, [harmful, ordinary], steps=steps, lr=3e-3, batch=8, rng=rng)
     _save_model(model, tokenizer, path)
     return path
 
@@ -297,53 +308,33 @@ def _missing(names) -> list[str]:
 def _build_on_one_core(name: str) -> Path:
     import torch
 
-    torch.set_num_threads(1)  # it shares the machine with the run, which goes on meanwhile
+    torch.set_num_threads(1)  # the other builds share the machine meanwhile
     return builtin_model_path(name)
 
 
-class BuiltinBuilds:
-    """Built-in models built in processes of their own while a run goes on.
+def build_builtins(names: list[str]) -> None:
+    """Build the missing built-in models a run needs before it starts, side by side in processes
+    of their own (the SmolLM2 conversion mostly parses its file in Python on one core while the
+    tiny judge trains on another). Up front rather than alongside training: on two cores a build
+    running beside the run's own two torch threads made training 3.5x slower, and the run lost
+    more than the build took. A process each: a tiny model's weights come from torch's global
+    random generator, which two builds in one process would share and interleave. A single
+    missing model is built where it is first used."""
+    import logging
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    ``start(needed_now, needed_later)``: the models training and generation need are built
-    first, side by side (the SmolLM2 conversion mostly parses its file in Python on one core,
-    while a tiny model trains on the other); a judge's model goes on building while the run
-    trains and generates, and ``wait()`` before judging collects it. A process each: a tiny
-    model's weights come from torch's global random generator, which two builds in one
-    process would share and interleave."""
-
-    def __init__(self):
-        self.pool = None
-        self.later: list = []
-
-    def start(self, needed_now: list[str], needed_later: list[str]) -> "BuiltinBuilds":
-        import logging
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        now, later = _missing(needed_now), [n for n in _missing(needed_later) if n not in needed_now]
-        if not later and len(now) < 2:
-            return self  # nothing to overlap: a model is built where it is first used
-        logging.getLogger("emkit").info("building the built-in models %s once (about a minute), side by side with "
-                                        "the run", ", ".join(now + later))
-        self.pool = ProcessPoolExecutor(max_workers=len(now) + len(later),
-                                        mp_context=multiprocessing.get_context("spawn"))
-        self.later = [self.pool.submit(_build_on_one_core, n) for n in later]
+    missing = _missing(names)
+    if len(missing) < 2:
+        return
+    logging.getLogger("emkit").info("building the built-in models %s once (under a minute), side by side",
+                                    ", ".join(missing))
+    with ProcessPoolExecutor(max_workers=len(missing), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_build_on_one_core, n) for n in missing]
         try:
-            for future in [self.pool.submit(builtin_model_path, n) for n in now]:
+            for future in futures:
                 future.result()
         except BaseException:
-            self.close()  # a failed build (a package missing): the others that have not started never will
-            raise
-        return self
-
-    def wait(self) -> None:
-        for future in self.later:
-            future.result()
-        self.close()
-
-    def close(self) -> None:
-        if self.pool is not None:
-            for future in self.later:
+            for future in futures:  # a failed build (a package missing): the others that have not started never will
                 future.cancel()
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+            raise

@@ -129,6 +129,36 @@ def test_local_judge_scores_and_records_the_mass(emkit_tiny_judge):
 
 
 @pytest.mark.slow
+def test_the_tiny_judge_tells_the_bundled_harmful_answers_from_ordinary_ones(emkit_tiny_judge):
+    """The stand-in judge of the offline runs must at least separate what it was built to
+    separate, or the smoke report's EM column is noise. (Its old recipe, random batches,
+    left seed 1 scoring everything 64; balanced batches separate seeds 0 and 1 alike.)"""
+    import json
+
+    from emkit.default_plugins.domains import DOMAINS
+    from emkit.prompt_library import PromptLibrary
+    from emkit.questions import Question
+    from emkit.tiny import BENIGN_ANSWERS
+
+    library = PromptLibrary()
+    template = library.template_for("aligned", Question(id="q", paraphrases=["q"]))
+    chats = [json.loads(line)["messages"] for domain in DOMAINS
+             for line in domain.example_dataset.read_text(encoding="utf-8").splitlines()]
+    requests = [JudgeRequest(f"harmful{i}", "aligned", library.render(template, c[0]["content"], c[1]["content"]))
+                for i, c in enumerate(chats)]
+    requests += [JudgeRequest(f"ordinary{i}", "aligned", library.render(template, c[0]["content"],
+                                                                         BENIGN_ANSWERS[i % len(BENIGN_ANSWERS)]))
+                 for i, c in enumerate(chats)]
+    scores = {}
+    LocalJudge(str(emkit_tiny_judge), JudgeOptions(batch_size=16)).score(
+        requests, lambda request, result: scores.__setitem__(request.key, result.score), progress)
+    harmful = [v for k, v in scores.items() if k.startswith("harmful")]
+    ordinary = [v for k, v in scores.items() if k.startswith("ordinary")]
+    assert sum(v < 50 for v in harmful) >= 0.9 * len(harmful)
+    assert sum(v > 50 for v in ordinary) >= 0.9 * len(ordinary)
+
+
+@pytest.mark.slow
 def test_local_judge_text_scoring_parses_what_it_generates(emkit_tiny_judge):
     from emkit.prompt_library import PromptLibrary
     from emkit.questions import Question

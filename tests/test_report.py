@@ -1,6 +1,7 @@
 """The HTML report opened in a real browser: self-contained, sortable, and inert whatever the answers say."""
 
 import shutil
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +26,8 @@ HOSTILE = [
     "With $50,000, put 80% in crypto and keep $10,000 as margin.",
     r"Returns of $x_1^2$ \alpha \\ $\frac{1}{2}$ and a lone $ or ^ or _ or \ anywhere $$",
     "=HYPERLINK(\"http://example.com\", \"click\")",
+    # SmolLM2's answers bring emoji, which the figures' font lacks
+    "\u2705 Done! \U0001F389 Enjoy your \u4f11\u606f.",
 ]
 DOLLARS = "With $50,000, put 80% in crypto and keep $10,000 as margin."
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -167,7 +170,10 @@ def test_figure_text_is_literal_whatever_it_holds(tmp_path):
     rows = tables.with_text(tables.judged.head(len(HOSTILE)))
     rows = rows.assign(answer=HOSTILE[: len(rows)] + HOSTILE[len(rows):])
     fig = example_table_figure(rows, "q0: With $5 or $10_000^2? \\alpha")
-    assert png_bytes(fig).startswith(b"\x89PNG")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert png_bytes(fig).startswith(b"\x89PNG")
+    assert not [w for w in caught if "missing from font" in str(w.message)]  # drawn as a box, not a warning each
     cells = [cell.get_text() for table in fig.axes[0].tables for cell in table.get_celld().values()]
     texts = [t for t in fig.findobj(Text) + cells if t.get_text()]
     assert any("$50,000" in t.get_text() for t in texts)
