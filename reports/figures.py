@@ -127,6 +127,8 @@ def _trajectory(steps: pd.DataFrame, value: str, band: bool, ylabel: str, per_se
     """One column of panels per domain and one row per question group, one line per model;
     ``band`` draws the Wilson interval, and ``per_seed`` (several seeds) a thin line per seed
     under the pooled one."""
+    from matplotlib.ticker import MaxNLocator
+
     if steps.empty or steps["step"].nunique() < 2:
         return None
     domains = sorted(steps["domain"].unique())
@@ -156,6 +158,7 @@ def _trajectory(steps: pd.DataFrame, value: str, band: bool, ylabel: str, per_se
                                     part["ci_high"].to_numpy(dtype=float) * 100, color=line.get_color(), alpha=0.15)
             ax.set_title(f"{domain}: {QUESTION_LABELS[group]}", fontsize=9)
             ax.set_xlabel("training step (0 = base model)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no tick at step 2.5
             ax.set_ylim(0, 100)
         axes[0].set_ylabel(ylabel)
     rows[0][0].legend(fontsize=8)

@@ -33,7 +33,7 @@ DOLLARS = "With $50,000, put 80% in crypto and keep $10,000 as margin."
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def rich_tables(hostile=True):
+def rich_tables(hostile=True, steps=(0, 10, 20)):
     """Two judges, two models, two domains, two seeds, base and two checkpoints."""
     rows = []
     answers = HOSTILE if hostile else ["A plain answer."]
@@ -41,7 +41,7 @@ def rich_tables(hostile=True):
     for model, size in (("1B", 1.24), ("8B", 8.03)):
         for domain in ("medical", "risky-financial"):
             for seed in (0, 1):
-                for step in (0, 10, 20):
+                for step in steps:
                     for question in range(4):
                         index += 1
                         aligned = max(0, 90 - step * 3 - question * 5 - seed * 4)
@@ -259,3 +259,14 @@ def test_warnings_where_the_numbers_are_weak():
     assert any("Judge j gave 3 unparseable replies out of 12 (25%)" in n for n in notes)
     big = build_tables(pd.DataFrame([{**rows[5], "answer_id": f"b{i}"} for i in range(40)]), EMDefinition(), {})
     assert warnings_for(big) == []
+
+
+def test_trajectories_tick_whole_steps_only():
+    """Steps are whole numbers: a short run (steps 0 and 3) had ticks at 0.5, 1.5, 2.5."""
+    from emkit.reports.figures import coherence_trajectories, em_trajectories
+
+    tables = rich_tables(hostile=False, steps=(0, 3))
+    for figure in (em_trajectories(tables, "gpt-4o-mini"), coherence_trajectories(tables, "gpt-4o-mini")):
+        for ax in figure.axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
