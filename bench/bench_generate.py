@@ -7,6 +7,11 @@ model built locally (random weights rarely emit end-of-turn, so every answer run
 
     python bench/bench_generate.py               # CPU: a 4-layer, 256-wide model
     python bench/bench_generate.py --shape 1b    # the Llama-3.2-1B shape (GPU: run it there)
+    python bench/bench_generate.py --vllm --adapter   # also emkit's vllm generator, both through
+                                                      # one LoRA adapter (.venv-vllm on CPU; a GPU)
+
+With --vllm, the vllm generator answers the same requests on the same weights (in its own
+engine, started once and not timed) and its time is printed against HF batched.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=160)
+    parser.add_argument("--vllm", action="store_true", help="also time the vllm generator")
+    parser.add_argument("--adapter", action="store_true", help="generate through a random LoRA adapter (r=16)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import torch
@@ -59,6 +66,11 @@ def main(argv=None) -> None:
         path = str(build(args.shape, Path(folder)))
         tokenizer = load_tokenizer(path, padding_side="left")
         model = load_causal_lm(path, load_in_4bit=False).eval()
+        adapter = random_adapter(model, Path(folder) / "adapter") if args.adapter else None
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).eval()
         stops = stop_token_ids(tokenizer, model)
         requests = [GenerationRequest(f"{q}-{s}", [{"role": "user", "content": text}], sample_seed=1000 * q + s)
                     for q, text in enumerate(questions()) for s in range(args.samples)]
@@ -95,6 +107,9 @@ def main(argv=None) -> None:
         greedy, greedy_s = emkit_run(0.0)
         sampled, sampled_s = emkit_run(1.0)
         baseline, baseline_s = looped_greedy()
+        if args.vllm:
+            del model
+            vllm_greedy, vllm_s = vllm_run(path, adapter, requests, args)
 
     n = len(requests)
     same = sum(greedy[k] == baseline[k] for k in baseline)
@@ -106,6 +121,55 @@ def main(argv=None) -> None:
     print(f"{'emkit batched, seeded sampling (T=1)':44}{sampled_s:>9.1f}{n / sampled_s:>11.1f}")
     print(f"identical greedy answers: {same} of {n}")
     print(f"ratio batched / looped (greedy): {baseline_s / greedy_s:.1f}x faster")
+    if args.vllm:
+        print(f"{'emkit vllm generator, greedy':44}{vllm_s:>9.1f}{n / vllm_s:>11.1f}")
+        print(f"identical greedy answers, vllm and hf: {sum(vllm_greedy[k] == greedy[k] for k in greedy)} of {n}"
+              f"{' (through a LoRA adapter)' if adapter else ''}")
+        print(f"ratio vllm / hf batched (greedy): {greedy_s / vllm_s:.2f}x faster")
+
+
+def random_adapter(model, folder: Path) -> Path:
+    """A LoRA adapter (r=16 on every linear layer) with random A and B: it changes the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.02)
+    peft_model.save_pretrained(folder)
+    peft_model.unload()  # the base model again, without LoRA layers
+    return folder
+
+
+def vllm_run(path: str, adapter, requests, args) -> tuple[dict, float]:
+    """emkit's vllm generator on the same requests: engine started (untimed), then one timed pass."""
+    from emkit.base_weights import configured_base
+    from emkit.config import EvaluationSettings
+    from emkit.default_plugins.vllm_generator import (_stop_ids, answer_checkpoints, close_engine, open_engine,
+                                                      prompt_ids)
+    from emkit.interfaces import CheckpointRequests
+    from emkit.models import load_tokenizer
+
+    class Bar:
+        def update(self, n=1):
+            pass
+
+    tokenizer = load_tokenizer(path, padding_side="left")
+    prompts = {r.answer_id: prompt_ids(tokenizer, r.messages) for r in requests}
+    base = configured_base(path, False)
+    llm = open_engine(base, path, False, [adapter] if adapter else [],
+                      max(map(len, prompts.values())) + args.max_new_tokens)
+    settings = EvaluationSettings(temperature=0.0, max_new_tokens=args.max_new_tokens)
+    out = {}
+    try:
+        start = time.perf_counter()
+        answer_checkpoints(llm, tokenizer, [CheckpointRequests(1, adapter, requests)], prompts, settings,
+                           _stop_ids(tokenizer, base), lambda r, a: out.__setitem__(r.answer_id, a.text), Bar(), {})
+        return out, time.perf_counter() - start
+    finally:
+        close_engine(llm)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ def _print_plan(plan, costs) -> None:
               help="Experiment config (TOML). Default: the seed experiment (examples/seed.toml).")
 @click.option("--preset", help="A bundled config by name: seed, smoke, tiny.")
 @click.option("--trainer", help="Trainer plugin: peft or unsloth.")
+@click.option("--generator", help="Generator plugin: hf (default) or vllm.")
 @click.option("--judge", "judges", multiple=True, help="Judge (repeatable): gpt-4o-mini, local:PATH_OR_HUB_ID, ...")
 @click.option("--fallback", multiple=True, help="Judge to use only when a --judge cannot be reached or has no key.")
 @click.option("--model", "models", multiple=True, help="Base model (repeatable): a label from the config, ID or LABEL=ID.")
@@ -89,15 +90,16 @@ def _print_plan(plan, costs) -> None:
               help="Run directory. Default: runs/<config name>. Running again resumes it.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the judge cost; touch no model.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-def run(config_file, preset, trainer, judges, fallback, models, domains, seeds, samples, api_base, api_key_env,
+def run(config_file, preset, trainer, generator, judges, fallback, models, domains, seeds, samples, api_base, api_key_env,
         allow_insecure_http, concurrency, scoring, trust_remote_code, em, out_dir, dry_run, as_json):
     """Run an experiment: train, generate, judge and report (resumable)."""
     from emkit.plugins import get_registry
 
     config = _config_from_options(
-        config_file, preset, trainer=trainer, judges=judges, fallback=fallback, models=models, domains=domains,
-        seeds=seeds, api_base=api_base, api_key_env=api_key_env, allow_insecure_http=allow_insecure_http,
-        concurrency=concurrency, scoring=scoring, samples=samples, trust_remote_code=trust_remote_code, em=em,
+        config_file, preset, trainer=trainer, generator=generator, judges=judges, fallback=fallback, models=models,
+        domains=domains, seeds=seeds, api_base=api_base, api_key_env=api_key_env,
+        allow_insecure_http=allow_insecure_http, concurrency=concurrency, scoring=scoring, samples=samples,
+        trust_remote_code=trust_remote_code, em=em,
     )
     registry = get_registry()
     if dry_run:

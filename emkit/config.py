@@ -266,6 +266,7 @@ def apply_overrides(
     data: dict[str, Any],
     *,
     trainer: str | None = None,
+    generator: str | None = None,
     judges: tuple[str, ...] = (),
     fallback: tuple[str, ...] = (),
     models: tuple[str, ...] = (),
@@ -284,6 +285,8 @@ def apply_overrides(
     data = {key: (dict(value) if isinstance(value, dict) else value) for key, value in data.items()}
     if trainer:
         data.setdefault("training", {})["trainer"] = trainer
+    if generator:
+        data.setdefault("evaluation", {})["generator"] = generator
     if judges:
         data.setdefault("judging", {})["judges"] = list(judges)
     if fallback:

@@ -83,6 +83,9 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
     from emkit.stages.train import train_stage
 
     plan: Plan = build_plan(config, registry, need_datasets=True)
+    generator = registry.get("generators", config.evaluation.generator)
+    if hasattr(generator, "check"):  # e.g. vLLM installed, and able to load the base the adapters are trained on
+        generator.check(config)
     for note in plan.notes:
         log.info("%s", note)
     run_dir = RunDirectory(out_dir)

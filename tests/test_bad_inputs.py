@@ -1,6 +1,7 @@
 """A catalogue of bad inputs. Each ends in one sentence naming the file and line or the key and
 what to do, exit code 2, no traceback, and nothing half-written."""
 
+import importlib.util
 import json
 import socket
 from pathlib import Path
@@ -114,6 +115,13 @@ def test_an_unknown_plugin(tmp_path, flag, value, expected):
     out = tmp_path / "out"
     message = fails("run", "--config", config(tmp_path), flag, value, "--out", out)
     assert message.startswith(expected) and "emkit plugins" in message and not out.exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_the_vllm_generator_without_vllm_names_the_extra(tmp_path):
+    message = run_fails(tmp_path, config(tmp_path, extra="[evaluation]\ngenerator = \"vllm\"\n"))
+    assert message.startswith('evaluation.generator = "vllm" needs vLLM, which is not installed: '
+                              "pip install 'emkit[vllm]'")
 
 
 def test_an_impossible_schedule(tmp_path):
