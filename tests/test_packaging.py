@@ -43,7 +43,7 @@ def test_every_builtin_plugin_is_registered(fresh_install):
         for kind in provided:
             provided[kind] |= set(plugin["provides"].get(kind, []))
     assert provided == {
-        "trainers": {"peft", "unsloth"}, "generators": {"hf"}, "judges": {"litellm", "local"},
+        "trainers": {"peft", "unsloth"}, "generators": {"hf", "vllm"}, "judges": {"litellm", "local"},
         "domains": {"medical", "risky-financial", "extreme-sports"},
         "question_sets": {"general", "medical", "financial", "sports"},
     }
