@@ -147,7 +147,7 @@ def vllm_run(path: str, adapter, requests, args) -> tuple[dict, float]:
     """emkit's vllm generator on the same requests: engine started (untimed), then one timed pass."""
     from emkit.base_weights import configured_base
     from emkit.config import EvaluationSettings
-    from emkit.default_plugins.vllm_generator import (_stop_ids, answer_checkpoints, close_engine, open_engine,
+    from emkit.default_plugins.vllm_generator import (base_stop_ids, answer_checkpoints, close_engine, open_engine,
                                                       prompt_ids)
     from emkit.interfaces import CheckpointRequests
     from emkit.models import load_tokenizer
@@ -166,7 +166,7 @@ def vllm_run(path: str, adapter, requests, args) -> tuple[dict, float]:
     try:
         start = time.perf_counter()
         answer_checkpoints(llm, tokenizer, [CheckpointRequests(1, adapter, requests)], prompts, settings,
-                           _stop_ids(tokenizer, base), lambda r, a: out.__setitem__(r.answer_id, a.text), Bar(), {})
+                           base_stop_ids(tokenizer, base), lambda r, a: out.__setitem__(r.answer_id, a.text), Bar(), {})
         return out, time.perf_counter() - start
     finally:
         close_engine(llm)

@@ -59,7 +59,7 @@ def _slot_rank(rank: int) -> int:
     return next((r for r in VLLM_SLOT_RANKS if r >= rank), rank)
 
 
-def _stop_ids(tokenizer, base) -> list[int]:
+def base_stop_ids(tokenizer, base) -> list[int]:
     """The HF generator's stop tokens, read from the base's generation config without its weights."""
     from types import SimpleNamespace
 
@@ -103,7 +103,7 @@ class VLLMGenerator:
         llm = open_engine(base, job.model_id, job.trust_remote_code, adapters,
                           max(map(len, prompts.values()), default=1) + job.settings.max_new_tokens)
         try:
-            stop_ids = _stop_ids(tokenizer, base)
+            stop_ids = base_stop_ids(tokenizer, base)
             adapter_ids: dict[str, int] = {}
             total = sum(len(c.requests) for c in job.checkpoints)
             with progress(total=total, unit="answers", desc=f"generate {job.model_label} (vllm)") as bar:

@@ -108,7 +108,7 @@ def test_seeded_samples_do_not_depend_on_their_batch(greedy_run):
     from emkit.config import EvaluationSettings
     from emkit.interfaces import CheckpointRequests, GenerationRequest
     from emkit.models import load_tokenizer, resolve_model_source
-    from emkit.default_plugins.vllm_generator import (_stop_ids, answer_checkpoints, close_engine, open_engine,
+    from emkit.default_plugins.vllm_generator import (base_stop_ids, answer_checkpoints, close_engine, open_engine,
                                                       prompt_ids)
 
     out = greedy_run[0]
@@ -130,7 +130,7 @@ def test_seeded_samples_do_not_depend_on_their_batch(greedy_run):
     def sample(subset, adapter_path):
         got = {}
         answer_checkpoints(llm, tokenizer, [CheckpointRequests(1, adapter_path, subset)], prompts, settings,
-                           _stop_ids(tokenizer, base), lambda r, a: got.__setitem__(r.answer_id, a.text), Bar(),
+                           base_stop_ids(tokenizer, base), lambda r, a: got.__setitem__(r.answer_id, a.text), Bar(),
                            {})
         return got
 
