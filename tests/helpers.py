@@ -15,7 +15,7 @@ def run_emkit(*args, env=None, cwd=None, timeout=600, check=True):
     return result
 
 
-SKIP_WHEN_COPYING = ("venv", ".venv", ".git", ".pytest_cache", "build", "dist", "*.egg-info", "__pycache__", "runs")
+SKIP_WHEN_COPYING = ("venv", ".venv", ".venv-*", ".git", ".pytest_cache", "build", "dist", "*.egg-info", "__pycache__", "runs")
 
 
 def fresh_venv(work, source_root):
