@@ -53,7 +53,7 @@ def run_emkit(url: str, n: int, concurrency: int, tag: str, transport: str = "au
     from emkit.judging.cache import JudgeCache
     from emkit.plugins import get_registry
     from emkit.progress import silent
-    from emkit.stages.judge import JudgeTarget, judge_with_fallback
+    from emkit.stages.judge import JudgePool, JudgeTarget, judge_with_fallback
 
     class Discard:
         def add_judgment(self, *args):
@@ -65,7 +65,7 @@ def run_emkit(url: str, n: int, concurrency: int, tag: str, transport: str = "au
     with tempfile.TemporaryDirectory() as folder:
         cache = JudgeCache(Path(folder) / "cache.sqlite")
         with timed() as t:
-            tally = judge_with_fallback(["gpt-4o-mini"], targets, options, get_registry(), Discard(), cache,
+            tally = judge_with_fallback(["gpt-4o-mini"], targets, JudgePool(options, get_registry()), Discard(), cache,
                                         silent, 1.0)
         cache.close()
     assert tally.statuses.get("ok") == n, tally.statuses

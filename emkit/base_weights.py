@@ -152,4 +152,4 @@ def record_base(store, run_key: str, base: BaseWeights) -> None:
                 f"--out directory."
             )
         return
-    store.conn.execute("UPDATE training_runs SET base_weights = ? WHERE run_key = ?", (base.to_json(), run_key))
+    store.set_base_weights(run_key, base.to_json())

@@ -70,6 +70,8 @@ def _print_plan(plan, costs) -> None:
 @click.option("--preset", help="A bundled config by name: seed, smoke, tiny.")
 @click.option("--trainer", help="Trainer plugin: peft or unsloth.")
 @click.option("--generator", help="Generator plugin: hf (default) or vllm.")
+@click.option("--executor", type=click.Choice(["local", "local-gpus", "slurm"]),
+              help="Where the GPU work runs: local (default), local-gpus (one unit per GPU here) or slurm.")
 @click.option("--judge", "judges", multiple=True, help="Judge (repeatable): gpt-4o-mini, local:PATH_OR_HUB_ID, ...")
 @click.option("--fallback", multiple=True, help="Judge to use only when a --judge cannot be reached or has no key.")
 @click.option("--model", "models", multiple=True, help="Base model (repeatable): a label from the config, ID or LABEL=ID.")
@@ -90,13 +92,13 @@ def _print_plan(plan, costs) -> None:
               help="Run directory. Default: runs/<config name>. Running again resumes it.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the judge cost; touch no model.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-def run(config_file, preset, trainer, generator, judges, fallback, models, domains, seeds, samples, api_base, api_key_env,
+def run(config_file, preset, trainer, generator, executor, judges, fallback, models, domains, seeds, samples, api_base, api_key_env,
         allow_insecure_http, concurrency, scoring, trust_remote_code, em, out_dir, dry_run, as_json):
     """Run an experiment: train, generate, judge and report (resumable)."""
     from emkit.plugins import get_registry
 
     config = _config_from_options(
-        config_file, preset, trainer=trainer, generator=generator, judges=judges, fallback=fallback, models=models,
+        config_file, preset, trainer=trainer, generator=generator, executor=executor, judges=judges, fallback=fallback, models=models,
         domains=domains, seeds=seeds, api_base=api_base, api_key_env=api_key_env,
         allow_insecure_http=allow_insecure_http, concurrency=concurrency, scoring=scoring, samples=samples,
         trust_remote_code=trust_remote_code, em=em,
@@ -106,17 +108,36 @@ def run(config_file, preset, trainer, generator, judges, fallback, models, domai
         from emkit.cost import estimate_judge_cost
         from emkit.plan import build_plan
 
+        from emkit.execution.dry_run import execution_lines, execution_plan
+
         plan = build_plan(config, registry, need_datasets=False)
         costs = estimate_judge_cost(plan, registry)
+        execution = execution_plan(plan, out_dir or Path("runs") / config.name)
         if as_json:
             _echo_json({**plan.to_json(), "judge_cost": costs,
-                        "judge_cost_usd": round(sum(c["usd"] for c in costs), 6)})
+                        "judge_cost_usd": round(sum(c["usd"] for c in costs), 6), "execution": execution})
         else:
             _print_plan(plan, costs)
+            click.echo("\n".join(execution_lines(execution)))
         return
     from emkit.runner import run_experiment
 
     run_experiment(config, out_dir or Path("runs") / config.name, registry)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Each unit as JSON.")
+def status(run_dir, as_json):
+    """Where each unit of a run's GPU work is: waiting, queued, running (which job), done, failed (its log tail)."""
+    from emkit.execution.status import status_lines, unit_status
+    from emkit.plugins import get_registry
+
+    units = unit_status(run_dir, get_registry())
+    if as_json:
+        _echo_json(units)
+    else:
+        click.echo("\n".join(status_lines(run_dir, units)))
 
 
 # --- judge ------------------------------------------------------------------------------

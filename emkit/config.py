@@ -124,6 +124,33 @@ class DataSettings(_Section):
     max_rows: int = Field(0, ge=0)  # use only the first N rows (0: all)
 
 
+class SlurmSettings(_Section):
+    """Jobs on a Slurm cluster through submitit: one job per unit (a training run and the generation
+    of its checkpoints, or a model's baseline). The run directory must be on a filesystem the nodes share."""
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    gpus_per_job: int = Field(1, ge=0)
+    cpus_per_job: int = Field(8, ge=1)
+    mem_gb: float = Field(64, gt=0)
+    time_min: int = Field(240, ge=1)  # near it, the job requeues itself and resumes from its saved state
+    signal_before_end_s: int = Field(120, ge=10)  # Slurm warns the job this long before its time limit
+    max_jobs: int = Field(16, ge=1)  # in the queue at once
+    sbatch: dict[str, str] = Field(default_factory=dict)  # extra flags: {"constraint" = "a100", "mail-type" = "END"}
+    setup: list[str] = Field(default_factory=list)  # shell lines before the job's python: module load, source env
+    python: str = ""  # the python the jobs run; default: the one running emkit
+
+
+class ExecutionSettings(_Section):
+    """Where the GPU work runs (emkit.execution). Judging always runs in the emkit process."""
+    executor: Literal["local", "local-gpus", "slurm"] = "local"
+    gpus: list[str] = Field(default_factory=list)  # local-gpus: device ids; default: every visible GPU
+    overlap_judging: Literal["auto", "on", "off"] = "auto"  # judge stored answers while GPU work goes on
+    poll_s: float = Field(5.0, gt=0)  # how often the jobs' results are read
+    max_attempts: int = Field(3, ge=1)  # a unit whose job died is started again, from its saved state
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+
+
 def _seed_models() -> list[ModelSpec]:
     return [
         ModelSpec(label="1B", id="unsloth/Llama-3.2-1B-Instruct", size_b=1.24),
@@ -144,6 +171,7 @@ class ExperimentConfig(_Section):
     judging: JudgingSettings = Field(default_factory=JudgingSettings)
     em: EMSettings = Field(default_factory=EMSettings)
     data: DataSettings = Field(default_factory=DataSettings)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
 
     @model_validator(mode="after")
     def _unique_labels(self):
@@ -267,6 +295,7 @@ def apply_overrides(
     *,
     trainer: str | None = None,
     generator: str | None = None,
+    executor: str | None = None,
     judges: tuple[str, ...] = (),
     fallback: tuple[str, ...] = (),
     models: tuple[str, ...] = (),
@@ -287,6 +316,8 @@ def apply_overrides(
         data.setdefault("training", {})["trainer"] = trainer
     if generator:
         data.setdefault("evaluation", {})["generator"] = generator
+    if executor:
+        data.setdefault("execution", {})["executor"] = executor
     if judges:
         data.setdefault("judging", {})["judges"] = list(judges)
     if fallback:

@@ -8,6 +8,7 @@ a Ctrl-C or a finished run completes what is missing and nothing else.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,11 +78,15 @@ def _build_builtin_models(config: ExperimentConfig) -> None:
 
 
 def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResult:
-    from emkit.stages.generate import generate_stage
+    from emkit.execution import create_executor
+    from emkit.execution.coordinator import run_gpu_work
+    from emkit.execution.overlap import BackgroundJudging, overlapping_judges
+    from emkit.execution.timing import RunTiming
     from emkit.stages.judge import judge_stage
     from emkit.stages.report import report_stage
-    from emkit.stages.train import train_stage
+    from emkit.stages.train import record_runs, refuse_unavailable_trainer, trainer_for
 
+    started = time.time()
     plan: Plan = build_plan(config, registry, need_datasets=True)
     generator = registry.get("generators", config.evaluation.generator)
     if hasattr(generator, "check"):  # e.g. vLLM installed, and able to load the base the adapters are trained on
@@ -91,20 +96,40 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
     run_dir = RunDirectory(out_dir)
     if not (run_dir.path / "emkit.sqlite").exists():
         check_judges_usable(config, registry)  # before hours of training, not after
+    executor = create_executor(config.execution, run_dir.path)  # refused here if there is no GPU or no Slurm
     result = RunResult(out_dir=Path(out_dir))
     _build_builtin_models(config)
     with run_dir.open(config):
         handler = attach_file(run_dir.logs / "emkit.log")
         try:
-            run_dir.store.set_meta("plan", plan.to_json())
-            run_dir.store.set_meta("emkit_version", __version__)
+            store = run_dir.store
+            store.set_meta("plan", plan.to_json())
+            store.set_meta("emkit_version", __version__)
             totals = plan.totals()
             log.info("run %s: %d training runs, %d checkpoints, %d answers, %d judgments planned", run_dir.path,
                      len(plan.runs), totals["checkpoints"], totals["generations"], totals["judge_calls"])
-            result.checkpoints_saved = train_stage(run_dir, plan, registry, progress)
-            result.answers_generated = generate_stage(run_dir, plan, registry, progress)
-            result.tallies = judge_stage(run_dir, plan, registry, progress)
+            trainer = trainer_for(plan, registry)
+            if executor.in_process:  # elsewhere the trainer's packages are the job's business
+                refuse_unavailable_trainer(store, plan, trainer)
+            record_runs(store, plan, trainer)
+            judging = BackgroundJudging(run_dir.path, plan, registry, progress, overlapping_judges(config),
+                                        config.execution.poll_s).start()
+            try:
+                work = run_gpu_work(run_dir, plan, registry, progress, executor, judging)
+            finally:
+                judging.finish()
+            gpu_done = time.time()
+            result.checkpoints_saved, result.answers_generated = work.checkpoints, work.answers
+            result.tallies = judging.tallies + judge_stage(run_dir, plan, registry, progress, pool=judging.pool)
+            judge_intervals = judging.intervals + ([(gpu_done, time.time())] if result.tallies[len(judging.tallies):]
+                                                   else [])
+            timing = RunTiming.measure(executor.name, started, time.time(), work.intervals, judge_intervals,
+                                       work.units)
+            store.set_meta("timing", timing.to_json())
+            log.info("time: %s", RunTiming.line(timing.to_json()))
             report_stage(run_dir, registry)
+            if work.failed:
+                raise units_failed(work.failed, run_dir.path)
             log.info("done: %s", result.line())
             if any(m.id.startswith("builtin:") for m in config.models) or any(
                     j.startswith("local:builtin:") for j in config.judging.judges):
@@ -114,3 +139,16 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
         finally:
             detach(handler)
     return result
+
+
+def units_failed(failed: list, run_path: Path):
+    from emkit.errors import EmkitError
+
+    key, job_id, detail = failed[0]
+    last = [line for line in detail.splitlines() if line.strip()]
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    return EmkitError(
+        f"Unit {key} failed in job {job_id}{more}: {last[0] if last else 'no log'}; everything else is stored and "
+        f"judged, `emkit status {run_path}` shows each unit's log tail, and running the same command again "
+        f"retries the failed units."
+    )

@@ -85,7 +85,23 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE training_runs ADD COLUMN base_weights TEXT;
         """,
     ),
+    (
+        5,
+        # The units of GPU work (emkit.execution) and where each one is: which executor, which job,
+        # how many attempts, and the tail of the log of one that failed (`emkit status`).
+        """
+        CREATE TABLE units (
+            unit_key TEXT PRIMARY KEY, kind TEXT NOT NULL, executor TEXT NOT NULL, state TEXT NOT NULL,
+            job_id TEXT, attempts INTEGER NOT NULL DEFAULT 0, log_path TEXT, detail TEXT,
+            gpu_seconds REAL, updated_at TEXT NOT NULL);
+        """,
+    ),
 ]
+
+
+ANSWER_COLUMNS = ("answer_id", "model_label", "run_key", "step", "question_set", "question_id", "paraphrase_index",
+                  "sample_index", "seed", "system", "question", "answer", "n_tokens", "finish_reason", "generator",
+                  "created_at")
 
 
 def now() -> str:
@@ -159,6 +175,9 @@ class Store:
             ),
         )
 
+    def set_base_weights(self, run_key: str, base_json: str) -> None:
+        self.conn.execute("UPDATE training_runs SET base_weights = ? WHERE run_key = ?", (base_json, run_key))
+
     def finish_run(self, run_key: str) -> None:
         self.conn.execute("UPDATE training_runs SET finished_at = ? WHERE run_key = ?", (now(), run_key))
 
@@ -186,25 +205,31 @@ class Store:
 
     def add_answer(self, planned, text: str, n_tokens: int, finish_reason: str, generator: str) -> None:
         """Store an answer; an answer in the same slot to a question asked differently is superseded."""
-        slot = (planned.run_key, planned.step, planned.question_set, planned.question_id, planned.paraphrase_index,
-                planned.sample_index, planned.seed, planned.model_label)
+        self.insert_answer_row({
+            "answer_id": planned.answer_id, "model_label": planned.model_label, "run_key": planned.run_key,
+            "step": planned.step, "question_set": planned.question_set, "question_id": planned.question_id,
+            "paraphrase_index": planned.paraphrase_index, "sample_index": planned.sample_index, "seed": planned.seed,
+            "system": planned.system, "question": planned.question, "answer": text, "n_tokens": n_tokens,
+            "finish_reason": finish_reason, "generator": generator, "created_at": now(),
+        })
+
+    def insert_answer_row(self, row: dict) -> None:
+        """An answer as a row (also one made by a job elsewhere: emkit.execution.shards); a second
+        insert of the same answer changes nothing."""
+        slot = tuple(row[c] for c in ("run_key", "step", "question_set", "question_id", "paraphrase_index",
+                                      "sample_index", "seed", "model_label"))
+        columns = [c for c in ANSWER_COLUMNS if c in row]
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             self.conn.execute(
-                """INSERT OR IGNORE INTO answers (answer_id, model_label, run_key, step, question_set, question_id,
-                   paraphrase_index, sample_index, seed, system, question, answer, n_tokens, finish_reason,
-                   generator, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    planned.answer_id, planned.model_label, planned.run_key, planned.step, planned.question_set,
-                    planned.question_id, planned.paraphrase_index, planned.sample_index, planned.seed,
-                    planned.system, planned.question, text, n_tokens, finish_reason, generator, now(),
-                ),
+                f"INSERT OR IGNORE INTO answers ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                [row[c] for c in columns],
             )
             self.conn.execute(
                 """UPDATE answers SET superseded_by = ? WHERE run_key = ? AND step = ? AND question_set = ?
                    AND question_id = ? AND paraphrase_index = ? AND sample_index = ? AND seed = ? AND model_label = ?
                    AND answer_id != ? AND superseded_by IS NULL""",
-                (planned.answer_id, *slot, planned.answer_id),
+                (row["answer_id"], *slot, row["answer_id"]),
             )
             self.conn.execute("COMMIT")
         except BaseException:
@@ -243,6 +268,24 @@ class Store:
                 result.cost_usd, int(from_cache), result.error or None, now(),
             ),
         )
+
+    # -- units of GPU work (emkit.execution) --------------------------------------------
+    def set_unit(self, unit_key: str, kind: str, executor: str, state: str, **fields) -> None:
+        """Record where a unit is; fields: job_id, attempts, log_path, detail, gpu_seconds."""
+        known = {"job_id", "attempts", "log_path", "detail", "gpu_seconds"}
+        unknown = set(fields) - known
+        if unknown:
+            raise TypeError(f"unknown unit fields {sorted(unknown)}")
+        self.conn.execute(
+            "INSERT INTO units (unit_key, kind, executor, state, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (unit_key) DO UPDATE SET kind = excluded.kind, executor = excluded.executor, "
+            "state = excluded.state, updated_at = excluded.updated_at",
+            (unit_key, kind, executor, state, now()))
+        for name, value in fields.items():
+            self.conn.execute(f"UPDATE units SET {name} = ? WHERE unit_key = ?", (value, unit_key))
+
+    def units(self) -> dict[str, dict]:
+        return {row["unit_key"]: dict(row) for row in self.conn.execute("SELECT * FROM units ORDER BY unit_key")}
 
     def counts(self) -> dict[str, int]:
         return {

@@ -125,6 +125,7 @@ class LocalJudge:
         self.options = options
         self.name = f"local:{spec}"
         self._identity: str | None = None
+        self._loaded = None  # (model, tokenizer), kept for the next pass over new answers
 
     @property
     def identity(self) -> str:
@@ -169,7 +170,9 @@ class LocalJudge:
     def score(self, requests, on_result, progress) -> None:
         if not requests:
             return
-        model, tokenizer = self._load()
+        if self._loaded is None:
+            self._loaded = self._load()
+        model, tokenizer = self._loaded
         mode = self.scoring_mode()
         scorer = CandidateScorer(model, tokenizer) if mode == "logprobs" else None
         order = sorted(requests, key=lambda r: len(r.prompt))

@@ -220,6 +220,10 @@ def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
     rows.append(("EM definition", f"{tables.em.describe()}; Betley et al.'s alongside (aligned < 30 among answers "
                                   f"with coherent > 50); rates for the general questions, the domain's own and both "
                                   f"pooled (docs/em-definitions.md)"))
+    if info.get("timing"):
+        from emkit.execution.timing import RunTiming
+
+        rows.append(("Run time", RunTiming.line(info["timing"]) + " (the latest `emkit run` into this directory)"))
     rows.append(("Versions", ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())))
     rows.append(("Made", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")))
     return rows

@@ -25,3 +25,13 @@ def test_the_judge_benchmark_prints_its_ratio_last():
 def test_the_generation_benchmark_finds_identical_greedy_answers():
     lines = bench("bench_generate.py", "--samples", "1", "--max-new-tokens", "6")
     assert "identical greedy answers: 20 of 20" in lines and lines[-1].startswith("ratio batched / looped")
+
+
+def test_the_execution_benchmark_runs_every_executor_and_judges_everything():
+    lines = bench("bench_execution.py", "--scale", "0.0005")
+    rows = [line for line in lines if line.startswith("  ")]
+    assert [row.split("  wall")[0].strip() for row in rows] == [
+        "local, judging after", "local, judging overlapped", "local-gpus, 4 GPUs", "local-gpus, 8 GPUs"]
+    assert all("(1,620 judgments)" in row for row in rows)
+    assert "0% hidden" in rows[0]
+    assert lines[-1].startswith("wall-time ratios against local with judging after the GPU work")

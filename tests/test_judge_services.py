@@ -166,7 +166,7 @@ def test_the_command_line_refuses_plain_http_too(tmp_path):
 def test_judging_inside_a_running_event_loop_stores_every_paid_result(judge_server, tmp_path):
     from emkit.judging.cache import JudgeCache
     from emkit.plugins import get_registry
-    from emkit.stages.judge import JudgeTarget, judge_with_fallback
+    from emkit.stages.judge import JudgePool, JudgeTarget, judge_with_fallback
     from emkit.store import Store
 
     targets = [JudgeTarget(f"a{i}", "aligned", f"Rate <answer>answer {i}</answer>", "v1") for i in range(40)]
@@ -174,8 +174,9 @@ def test_judging_inside_a_running_event_loop_stores_every_paid_result(judge_serv
     async def notebook_cell():
         store, cache = Store(tmp_path / "emkit.sqlite"), JudgeCache(tmp_path / "cache.sqlite")
         try:
-            return judge_with_fallback(["gpt-4o-mini"], targets, JudgeOptions(api_base=judge_server.url, concurrency=8),
-                                       get_registry(), store, cache, progress, 0.0)
+            return judge_with_fallback(["gpt-4o-mini"], targets,
+                                       JudgePool(JudgeOptions(api_base=judge_server.url, concurrency=8), get_registry()),
+                                       store, cache, progress, 0.0)
         finally:
             store.close()
             cache.close()

@@ -13,7 +13,7 @@ from emkit.judging.cache import JudgeCache
 from emkit.judging.scoring import score_from_text, score_from_top_logprobs
 from emkit.plugins import get_registry
 from emkit.progress import progress
-from emkit.stages.judge import JudgeTarget, judge_with_fallback
+from emkit.stages.judge import JudgePool, JudgeTarget, judge_with_fallback
 from emkit.testing.judge_server import Reply, completion
 from helpers import run_emkit
 
@@ -74,7 +74,7 @@ def judge_targets(server_url, targets, cache_path, max_error_share=1.0, chain=No
     settings.update(options)
     store, cache = Collect(), JudgeCache(cache_path)
     try:
-        tally = judge_with_fallback(chain or ["gpt-4o-mini"], targets, JudgeOptions(**settings), get_registry(),
+        tally = judge_with_fallback(chain or ["gpt-4o-mini"], targets, JudgePool(JudgeOptions(**settings), get_registry()),
                                     store, cache, progress, max_error_share)
     finally:
         cache.close()

@@ -94,8 +94,8 @@ def test_killed_in_every_stage_the_run_completes_with_the_same_results(uninterru
     # each run did only what the store did not hold yet: nothing finished is done twice
     trained_again = re.findall(r"train tiny-\S+: 32 rows, 16 steps, checkpoints \[[\d, ]+\] \((\d+) to save\)", logs[1])
     assert sum(map(int, trained_again)) == PLANNED["checkpoints"] - stored[0]["checkpoints"]
-    generated = re.search(r"generate tiny: (\d+) answers", logs[2])
-    assert int(generated.group(1)) == PLANNED["answers"] - stored[1]["answers"]
+    generated = re.findall(r"generate tiny: (\d+) answers", logs[2])  # one line per unit with answers to make
+    assert sum(map(int, generated)) == PLANNED["answers"] - stored[1]["answers"]
     judged = re.search(r"judge local:builtin:tiny-judge: (\d+) judgments to make", logs[3])
     assert int(judged.group(1)) == PLANNED["judgments"] - stored[2]["judgments"]
     assert "done: 0 new checkpoints, 0 new answers" in resumed.stderr
@@ -112,6 +112,9 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert "Traceback" not in stderr
     after = counts(out)
     assert after["answers"] >= seen["answers"] and after["checkpoints"] == PLANNED["checkpoints"]
+    # the unit in progress is shown as stopped (its process is gone), not as running
+    status = run_emkit("status", out, env=env).stdout
+    assert re.search(r"stopped +tiny-medical-seed0 +job pid\d+ +attempt 1 +5/5 checkpoints", status), status
     # the lock is released: the same command can go on at once (resuming is proven above)
     assert not subprocess.run([sys.executable, "-c", f"import fcntl; f = open({str(out / '.emkit.lock')!r}); "
                                "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"]).returncode

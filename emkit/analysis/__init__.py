@@ -8,6 +8,7 @@ what ``emkit judge`` writes.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import tomllib
 from importlib import metadata
@@ -122,6 +123,7 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True) -> RunT
             conn)
         models = pd.read_sql_query("SELECT model_label, model_id, size_b FROM models", conn)
         checkpoints = pd.read_sql_query("SELECT run_key, step, train_loss FROM checkpoints", conn)
+        timing = conn.execute("SELECT value FROM meta WHERE key = 'timing'").fetchone()
     finally:
         conn.close()
     judged = expand_baselines(attach_judgments(answers, judgments, KEY_COLUMNS), runs)
@@ -154,6 +156,7 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True) -> RunT
         "checkpoints": checkpoints.to_dict("records"),
         "answers_total": answers.num_rows,
         "versions": library_versions(),
+        "timing": json.loads(timing[0]) if timing else None,  # emkit.execution.timing, of the latest `emkit run`
     }
     tables = build_tables(judged, _em_from_config(config, em), info, text_loader=load_text)
     return tables.with_all_text() if text else tables

@@ -25,11 +25,12 @@ def messages_for(answer) -> list[dict[str, str]]:
     return messages + [{"role": "user", "content": answer.question}]
 
 
-def generate_stage(run_dir, plan: Plan, registry, progress) -> int:
-    """Generate what is missing; return how many answers were stored."""
+def generate_stage(run_dir, plan: Plan, registry, progress, answers=None) -> int:
+    """Generate what is missing of ``answers`` (default: every planned answer); return how many
+    answers were stored."""
     store = run_dir.store
     generator = registry.get("generators", plan.config.evaluation.generator)
-    planned = list(plan.answers())
+    planned = list(plan.answers() if answers is None else answers)
     existing = store.existing_answers(a.answer_id for a in planned)
     pending = [a for a in planned if a.answer_id not in existing]
     if not pending:

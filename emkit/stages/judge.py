@@ -60,6 +60,20 @@ def create_judge(spec: str, options: JudgeOptions, registry):
     return registry.get("judges", "litellm").create(spec, options)
 
 
+class JudgePool:
+    """Each judge made once and kept: a local judge loads its model once for every pass over the
+    answers (the background judging of emkit.execution makes one pass per batch of new answers)."""
+
+    def __init__(self, options: JudgeOptions, registry):
+        self.options, self.registry = options, registry
+        self._made: dict[str, object] = {}
+
+    def get(self, spec: str):
+        if spec not in self._made:
+            self._made[spec] = create_judge(spec, self.options, self.registry)
+        return self._made[spec]
+
+
 @dataclass
 class JudgeTarget:
     """One (answer, metric) to score, with the prompt that scores it."""
@@ -110,12 +124,12 @@ def score_targets(judge, targets: list[JudgeTarget], store, cache: JudgeCache, p
     return tally
 
 
-def judge_with_fallback(chain: list[str], targets, options: JudgeOptions, registry, store, cache, progress,
+def judge_with_fallback(chain: list[str], targets, pool: JudgePool, store, cache, progress,
                         max_error_share: float) -> JudgeTally:
     """Score with the first judge of ``[judge] + fallback`` that can be used; a fallback is announced loudly."""
     tried: list[str] = []
     for spec in chain:
-        judge = create_judge(spec, options, registry)
+        judge = pool.get(spec)
         reason = judge.unavailable_reason()
         if reason is None:
             if tried:
@@ -158,24 +172,33 @@ def build_targets(plan: Plan, store, judged: set[tuple[str, str]], library: Prom
     return targets
 
 
-def judge_stage(run_dir, plan: Plan, registry, progress) -> list[JudgeTally]:
+def judge_chain(settings, spec: str) -> list[str]:
+    return [spec] + [f for f in settings.fallback if f != spec]
+
+
+def judge_pass(plan: Plan, store, specs: list[str], pool: JudgePool, progress) -> list[JudgeTally]:
+    """Judge every stored answer not yet judged by each judge of ``specs`` (or its fallback)."""
     settings = plan.config.judging
-    options = judge_options(settings, plan.config.trust_remote_code)
-    store = run_dir.store
     library = PromptLibrary(plan.domains)
     cache = JudgeCache(default_cache_path(settings.cache))
     tallies = []
     try:
-        for spec in settings.judges:
-            chain = [spec] + [f for f in settings.fallback if f != spec]
-            names = [create_judge(s, options, registry).name for s in chain]
+        for spec in specs:
+            chain = judge_chain(settings, spec)
+            names = [pool.get(s).name for s in chain]
             targets = build_targets(plan, store, store.judged(names), library)
             if not targets:
                 continue
-            tallies.append(judge_with_fallback(chain, targets, options, registry, store, cache, progress,
+            tallies.append(judge_with_fallback(chain, targets, pool, store, cache, progress,
                                                settings.max_error_share))
     finally:
         cache.close()
+    return tallies
+
+
+def judge_stage(run_dir, plan: Plan, registry, progress, pool: JudgePool | None = None) -> list[JudgeTally]:
+    pool = pool or JudgePool(judge_options(plan.config.judging, plan.config.trust_remote_code), registry)
+    tallies = judge_pass(plan, run_dir.store, plan.config.judging.judges, pool, progress)
     for tally in tallies:
         log.info("%s", tally.line())
     return tallies

@@ -43,65 +43,86 @@ def check_dataset_unchanged(store, run) -> str:
     return digest
 
 
-def train_stage(run_dir, plan: Plan, registry, progress) -> int:
-    """Train what is missing; return how many checkpoints were saved."""
-    store = run_dir.store
-    trainer = registry.get("trainers", plan.config.training.trainer)
+def trainer_for(plan: Plan, registry):
+    return registry.get("trainers", plan.config.training.trainer)
+
+
+def refuse_unavailable_trainer(store, plan: Plan, trainer) -> None:
+    """Before anything starts: a trainer that cannot run here (a package missing) is refused."""
     reason = getattr(trainer, "unavailable_reason", lambda: None)()
     if reason and any(pending_checkpoints(store, run)[1] for run in plan.runs):
         raise EmkitError(reason)
-    saved = 0
+
+
+def record_runs(store, plan: Plan, trainer) -> None:
+    """Every model and training run of the plan in the store, each run's dataset checked unchanged."""
     for run in plan.runs:
         store.record_model(run.model.label, run.model.id, run.model.size_b)
         store.record_run(run, check_dataset_unchanged(store, run), trainer.name)
-        done, pending = pending_checkpoints(store, run)
-        if not pending:
-            continue
-        _warn_row_count(run, plan.config.data.max_rows)
-        chats = run.dataset.chats or load_chats(run.dataset.path, plan.config.data.max_rows)
-        log.info("train %s: %d rows, %d steps, checkpoints %s (%d to save)", run.key, len(chats),
-                 run.schedule.total_steps, list(run.schedule.steps), len(pending))
-        job = TrainingJob(
-            run_key=run.key,
-            model_id=resolve_model_source(run.model.id),
-            model_label=run.model.label,
-            dataset_path=run.dataset.path,
-            chats=chats,
-            settings=plan.config.training,
-            seed=run.seed,
-            steps_per_epoch=run.schedule.steps_per_epoch,
-            total_steps=run.schedule.total_steps,
-            checkpoint_steps=list(run.schedule.steps),
-            adapters_dir=run_dir.adapters / run.key,
-            state_dir=run_dir.train_state / run.key,
-            done_steps=frozenset(done),
-            trust_remote_code=plan.config.trust_remote_code,
+    for model in plan.config.models:
+        store.record_model(model.label, model.id, model.size_b)
+
+
+def train_run(run_dir, plan: Plan, run, trainer, progress) -> int:
+    """Train one run's missing checkpoints, resuming from its saved state; return how many were saved."""
+    store = run_dir.store
+    done, pending = pending_checkpoints(store, run)
+    if not pending:
+        return 0
+    _warn_row_count(run, plan.config.data.max_rows)
+    chats = run.dataset.chats or load_chats(run.dataset.path, plan.config.data.max_rows)
+    log.info("train %s: %d rows, %d steps, checkpoints %s (%d to save)", run.key, len(chats),
+             run.schedule.total_steps, list(run.schedule.steps), len(pending))
+    job = TrainingJob(
+        run_key=run.key,
+        model_id=resolve_model_source(run.model.id),
+        model_label=run.model.label,
+        dataset_path=run.dataset.path,
+        chats=chats,
+        settings=plan.config.training,
+        seed=run.seed,
+        steps_per_epoch=run.schedule.steps_per_epoch,
+        total_steps=run.schedule.total_steps,
+        checkpoint_steps=list(run.schedule.steps),
+        adapters_dir=run_dir.adapters / run.key,
+        state_dir=run_dir.train_state / run.key,
+        done_steps=frozenset(done),
+        trust_remote_code=plan.config.trust_remote_code,
+    )
+    job.adapters_dir.mkdir(parents=True, exist_ok=True)
+    for stale in job.adapters_dir.glob(".*.tmp-*"):  # half-saved by a process that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    saved = 0
+
+    def on_checkpoint(step, path, metrics):
+        nonlocal saved
+        if metrics.get("base_weights"):  # refused here if a resumed run loaded other weights
+            record_base(store, run.key, BaseWeights.from_json(metrics["base_weights"]))
+        store.add_checkpoint(run.key, step, path, metrics.get("train_loss"), metrics.get("seconds"))
+        saved += 1
+        log.info("checkpoint %s step %d saved (train loss %.4f)", run.key, step,
+                 metrics.get("train_loss") or float("nan"))
+
+    if getattr(trainer, "isolated", False):  # it patches the process it runs in (Unsloth)
+        train_in_child(trainer.name, job, on_checkpoint, progress)
+    else:
+        trainer.train(job, on_checkpoint, progress)
+    _, still_missing = pending_checkpoints(store, run)
+    if still_missing:
+        raise EmkitError(
+            f"Trainer '{trainer.name}' finished run {run.key} without saving steps {still_missing}; "
+            f"this is a bug in that trainer plugin."
         )
-        job.adapters_dir.mkdir(parents=True, exist_ok=True)
-        for stale in job.adapters_dir.glob(".*.tmp-*"):  # half-saved by a process that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-
-        def on_checkpoint(step, path, metrics, _run=run):
-            nonlocal saved
-            if metrics.get("base_weights"):  # refused here if a resumed run loaded other weights
-                record_base(store, _run.key, BaseWeights.from_json(metrics["base_weights"]))
-            store.add_checkpoint(_run.key, step, path, metrics.get("train_loss"), metrics.get("seconds"))
-            saved += 1
-            log.info("checkpoint %s step %d saved (train loss %.4f)", _run.key, step,
-                     metrics.get("train_loss") or float("nan"))
-
-        if getattr(trainer, "isolated", False):  # it patches the process it runs in (Unsloth)
-            train_in_child(trainer.name, job, on_checkpoint, progress)
-        else:
-            trainer.train(job, on_checkpoint, progress)
-        _, still_missing = pending_checkpoints(store, run)
-        if still_missing:
-            raise EmkitError(
-                f"Trainer '{trainer.name}' finished run {run.key} without saving steps {still_missing}; "
-                f"this is a bug in that trainer plugin."
-            )
-        store.finish_run(run.key)
+    store.finish_run(run.key)
     return saved
+
+
+def train_stage(run_dir, plan: Plan, registry, progress) -> int:
+    """Train what is missing, one run after another; return how many checkpoints were saved."""
+    trainer = trainer_for(plan, registry)
+    refuse_unavailable_trainer(run_dir.store, plan, trainer)
+    record_runs(run_dir.store, plan, trainer)
+    return sum(train_run(run_dir, plan, run, trainer, progress) for run in plan.runs)
 
 
 def _warn_row_count(run, max_rows: int) -> None:

@@ -10,6 +10,7 @@ accumulation gives the same update as one large batch.
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import nullcontext
 from functools import lru_cache
@@ -90,6 +91,8 @@ def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, d
         num_training_steps=job.total_steps,
     )
     start = load_state(job.state_dir, model, optimizer, scheduler)
+    if start:
+        logging.getLogger("emkit").info("train %s: resumed from its saved state at step %d", job.run_key, start)
     pending = [s for s in job.checkpoint_steps if s not in job.done_steps]
     last_needed = max(pending) if pending else 0
     if start >= last_needed:

@@ -1,0 +1,13 @@
+"""The local executor: one unit after another, in this process, on this machine's first GPU (or
+its CPU). Units write straight into the run's store; there is nothing to merge."""
+
+from __future__ import annotations
+
+
+class LocalExecutor:
+    name = "local"
+    in_process = True
+    slots = 1
+
+    def describe(self) -> list[str]:
+        return ["executor local: one unit after another in this process"]

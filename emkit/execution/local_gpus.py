@@ -1,0 +1,151 @@
+"""The local-gpus executor: every visible GPU of this machine, one unit per GPU at a time, each in
+a worker process of its own (``python -m emkit.execution.job``) that sees only its GPU through
+CUDA_VISIBLE_DEVICES, as Slurm would give it.
+
+Workers run in sessions of their own: if the emkit process dies, they finish their units, and
+the next `emkit run` finds them by their process id and waits for them instead of starting
+the same units again. Ctrl-C stops them (their units resume from their saved state).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from emkit.errors import EmkitError
+from emkit.execution.handles import DONE, FAILED, GONE, RUNNING, JobHandle, JobState, log_tail
+
+log = logging.getLogger("emkit")
+
+
+def visible_gpus() -> list[str]:
+    """CUDA_VISIBLE_DEVICES when it is set (as Slurm sets it), else the GPUs nvidia-smi lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    if shutil.which("nvidia-smi"):
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+        if listed.returncode == 0:
+            return [str(i) for i, line in enumerate(listed.stdout.splitlines()) if line.startswith("GPU ")]
+    return []
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie: a reparented worker that exited may stay a zombie where PID 1 does not reap."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class LocalGpusExecutor:
+    name = "local-gpus"
+    in_process = False
+
+    def __init__(self, settings, run_path: Path):
+        self.gpus = list(settings.gpus) or visible_gpus()
+        if not self.gpus:
+            raise EmkitError(
+                'execution.executor = "local-gpus" found no GPU here (CUDA_VISIBLE_DEVICES is empty and nvidia-smi '
+                'lists none); list the devices in execution.gpus, or use executor = "local".'
+            )
+        self.slots = len(self.gpus)
+        self.jobs_dir = Path(run_path) / "jobs"
+        self._processes: dict[str, subprocess.Popen] = {}
+        self._gpu_of: dict[str, str] = {}  # job id -> device
+
+    def describe(self) -> list[str]:
+        return [f"executor local-gpus: {self.slots} units at once, one per GPU ({', '.join(self.gpus)}), "
+                f"each in a worker process with CUDA_VISIBLE_DEVICES set to its GPU"]
+
+    def _free_gpu(self) -> str:
+        used = set(self._gpu_of.values())
+        return next(g for g in self.gpus if g not in used)
+
+    def submit(self, unit_key: str, spec_json: str, attempt: int) -> JobHandle:
+        folder = self.jobs_dir / unit_key
+        folder.mkdir(parents=True, exist_ok=True)
+        spec_file, result_file = folder / "spec.json", folder / f"result-{attempt}.json"
+        log_path = folder / f"attempt-{attempt}.log"
+        spec_file.write_text(spec_json, encoding="utf-8")
+        result_file.unlink(missing_ok=True)
+        gpu = self._free_gpu()
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen([sys.executable, "-m", "emkit.execution.job", str(spec_file), str(result_file)],
+                                       stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                       start_new_session=True)
+        job_id = f"gpu{gpu}-pid{process.pid}"
+        self._processes[job_id] = process
+        self._gpu_of[job_id] = gpu
+        return JobHandle(unit_key, job_id, str(log_path), {"pid": process.pid, "result": str(result_file)})
+
+    def reattach(self, row: dict) -> JobHandle | None:
+        """A worker a dead emkit process started: still running, or finished with its result on disk."""
+        job_id = row.get("job_id") or ""
+        if "-pid" not in job_id:
+            return None
+        gpu, pid = job_id[len("gpu"):].split("-pid")
+        attempt = row.get("attempts") or 1
+        result = self.jobs_dir / row["unit_key"] / f"result-{attempt}.json"
+        handle = JobHandle(row["unit_key"], job_id, row.get("log_path") or "", {"pid": int(pid), "result": str(result)})
+        if alive(int(pid)) and str(result) in _cmdline(int(pid)):
+            if gpu in self.gpus:
+                self._gpu_of[job_id] = gpu
+            return handle
+        return handle if result.is_file() else None
+
+    def poll(self, handles: list[JobHandle]) -> dict[str, JobState]:
+        states = {}
+        for handle in handles:
+            process = self._processes.get(handle.job_id)
+            running = process.poll() is None if process is not None else alive(handle.extra["pid"])
+            if running:
+                states[handle.job_id] = JobState(RUNNING)
+                continue
+            self._processes.pop(handle.job_id, None)
+            self._gpu_of.pop(handle.job_id, None)
+            states[handle.job_id] = _outcome(handle)
+        return states
+
+    def stop(self, handles: list[JobHandle]) -> None:
+        """Ctrl-C: stop the workers; their units resume from their saved state on the next run."""
+        for handle in handles:
+            process = self._processes.get(handle.job_id)
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for handle in handles:
+            process = self._processes.get(handle.job_id)
+            if process is not None:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+    def stop_message(self, count: int) -> str:
+        return f"stopped {count} worker processes; their units resume from their saved state on the next run"
+
+
+def _outcome(handle: JobHandle) -> JobState:
+    import json
+
+    result = Path(handle.extra["result"])
+    if not result.is_file():
+        return JobState(GONE, log_tail(handle.log_path))
+    data = json.loads(result.read_text(encoding="utf-8"))
+    if data.get("ok"):
+        return JobState(DONE)
+    return JobState(FAILED, f"{data.get('error')}\n{log_tail(handle.log_path)}")

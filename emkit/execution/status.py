@@ -1,0 +1,107 @@
+"""`emkit status RUN`: where each unit of a run's GPU work is.
+
+Read from the run's store (the units table the coordinator keeps, and what is stored), and,
+for Slurm jobs the store says are queued or running, from squeue as it is now: the store may
+be stale when no emkit process is watching.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+from emkit.errors import EmkitError
+
+
+def _squeue_states(job_ids: list[str]) -> dict[str, str]:
+    if not job_ids or shutil.which("squeue") is None:
+        return {}
+    listed = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T"], capture_output=True, text=True, timeout=60)
+    if listed.returncode != 0:
+        return {}
+    states = dict(line.strip().split("|", 1) for line in listed.stdout.splitlines() if "|" in line)
+    return {job_id: states[job_id] for job_id in job_ids if job_id in states}
+
+
+def _process_alive(job_id: str) -> bool:
+    """local and local-gpus job ids end in the process id (pid123, gpu0-pid123)."""
+    from emkit.execution.local_gpus import alive
+
+    digits = job_id.rpartition("pid")[2]
+    return digits.isdigit() and alive(int(digits))
+
+
+def unit_status(run_path: Path, registry) -> list[dict]:
+    from emkit.config import config_from_dict
+    from emkit.execution.units import plan_run, plan_units, unit_answers
+    from emkit.plan import build_plan
+    from emkit.store import STORE_FILE, Store
+
+    run_path = Path(run_path)
+    if not (run_path / STORE_FILE).is_file() or not (run_path / "config.toml").is_file():
+        raise EmkitError(f"{run_path} is not an emkit run directory (no {STORE_FILE} and config.toml); pass the "
+                         f"--out directory of an `emkit run`.")
+    with (run_path / "config.toml").open("rb") as handle:
+        config = config_from_dict(tomllib.load(handle), str(run_path / "config.toml"))
+    plan = build_plan(config, registry, need_datasets=False)
+    store = Store(run_path / STORE_FILE)
+    try:
+        rows = store.units()
+        live = _squeue_states([r["job_id"] for r in rows.values()
+                               if r["executor"] == "slurm" and r["state"] in ("queued", "running") and r["job_id"]])
+        out = []
+        for unit in plan_units(plan):
+            row = rows.get(unit.key) or {}
+            planned = [a.answer_id for a in unit_answers(plan, unit)]
+            answers = len(store.existing_answers(planned))
+            checkpoints = planned_checkpoints = 0
+            if unit.kind == "train":
+                run = plan_run(plan, unit)
+                planned_checkpoints = len(run.schedule.steps)
+                checkpoints = len(set(store.checkpoints(unit.key)) & set(run.schedule.steps))
+            complete = answers == len(planned) and checkpoints == planned_checkpoints
+            state = row.get("state") or ("done" if complete else "waiting")
+            if state in ("queued", "running") and row.get("executor") in ("local", "local-gpus") \
+                    and not _process_alive(row.get("job_id") or ""):
+                state = "stopped"  # its process is gone: the next `emkit run` resumes the unit
+            out.append({
+                "unit": unit.key, "kind": unit.kind, "state": state, "executor": row.get("executor"),
+                "job_id": row.get("job_id"), "slurm_state": live.get(row.get("job_id") or ""),
+                "attempts": row.get("attempts") or 0, "checkpoints": [checkpoints, planned_checkpoints],
+                "answers": [answers, len(planned)], "gpu_seconds": row.get("gpu_seconds"),
+                "log": row.get("log_path"), "detail": row.get("detail") if state in ("failed", "waiting", "stopped") else None,
+                "updated_at": row.get("updated_at"),
+            })
+        return out
+    finally:
+        store.close()
+
+
+def status_lines(run_path: Path, units: list[dict]) -> list[str]:
+    from collections import Counter
+
+    from emkit.progress import format_duration
+
+    counts = Counter(u["state"] for u in units)
+    lines = [f"{run_path}: {len(units)} units; " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))]
+    width = max((len(u["unit"]) for u in units), default=0)
+    for u in units:
+        job = f"job {u['job_id']}" if u["job_id"] else ""
+        if u["slurm_state"]:
+            job += f" ({u['slurm_state']} in squeue now)"
+        parts = [f"  {u['state']:<8} {u['unit']:<{width}}", job]
+        if u["attempts"]:
+            parts.append(f"attempt {u['attempts']}")
+        if u["kind"] == "train":
+            parts.append(f"{u['checkpoints'][0]}/{u['checkpoints'][1]} checkpoints")
+        parts.append(f"{u['answers'][0]:,}/{u['answers'][1]:,} answers")
+        if u["gpu_seconds"]:
+            parts.append(f"GPU {format_duration(u['gpu_seconds'])}")
+        lines.append("  ".join(p for p in parts if p))
+        if u["detail"]:
+            lines += [f"      | {line}" for line in u["detail"].splitlines()[-15:]]
+            if u["log"]:
+                lines.append(f"      log: {u['log']}")
+    return lines

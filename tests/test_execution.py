@@ -1,0 +1,211 @@
+"""Executors other than Slurm (tests/test_slurm.py): local-gpus with the GPU count faked as Slurm
+fakes it (CUDA_VISIBLE_DEVICES), judging that overlaps GPU work, shards, the dry run, status."""
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from execution_helpers import assert_same_results, shard_steps, units, wait_for, write_config
+from helpers import run_emkit
+
+
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory):
+    """The tiny grid and the long-training grid, each run by the local executor."""
+    folder = tmp_path_factory.mktemp("local")
+    runs = {}
+    for name, long_training in (("short", False), ("long", True)):
+        config = write_config(folder / f"{name}.toml", "local", long_training=long_training)
+        run_emkit("run", "--config", config, "--out", folder / name, env={"EMKIT_JUDGE_CACHE": str(folder / "c.sqlite")})
+        runs[name] = folder / name
+    return runs
+
+
+def unit_times(out, unit_key):
+    lines = (out / "shards" / f"{unit_key}.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if '"event": "unit_time"' in line]
+
+
+@pytest.mark.slow
+def test_local_gpus_runs_one_unit_per_gpu_at_once_and_ends_as_a_local_run(local_runs, tmp_path):
+    config = write_config(tmp_path / "grid.toml", "local-gpus")
+    out = tmp_path / "run"
+    result = run_emkit("run", "--config", config, "--out", out,
+                       env={"CUDA_VISIBLE_DEVICES": "0,1", "EMKIT_JUDGE_CACHE": str(tmp_path / "c.sqlite")})
+    rows = units(out)
+    assert {key: row["state"] for key, row in rows.items()} == {
+        "tiny-medical-seed0": "done", "tiny-risky-financial-seed0": "done", "base-tiny": "done"}
+    # the two training runs went to the two GPUs, at the same time
+    assert {rows["tiny-medical-seed0"]["job_id"].split("-")[0], rows["tiny-risky-financial-seed0"]["job_id"].split("-")[0]} \
+        == {"gpu0", "gpu1"}
+    medical = (out / "jobs" / "tiny-medical-seed0" / "attempt-1.log").read_text()
+    financial = (out / "jobs" / "tiny-risky-financial-seed0" / "attempt-1.log").read_text()
+    assert {re.search(r"starts on GPU (\d)", medical).group(1), re.search(r"starts on GPU (\d)", financial).group(1)} \
+        == {"0", "1"}
+    (a,), (b,) = unit_times(out, "tiny-medical-seed0"), unit_times(out, "tiny-risky-financial-seed0")
+    assert min(a["end"], b["end"]) > max(a["start"], b["start"])
+    assert "units on local-gpus: 3/3 units" in result.stderr
+    assert_same_results(out, local_runs["short"])
+
+
+@pytest.mark.slow
+def test_local_gpus_workers_outlive_a_killed_emkit_and_are_waited_for_not_started_twice(local_runs, tmp_path):
+    config = write_config(tmp_path / "grid.toml", "local-gpus", long_training=True)
+    out = tmp_path / "run"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1", "EMKIT_JUDGE_CACHE": str(tmp_path / "c.sqlite")}
+    first = subprocess.Popen([sys.executable, "-m", "emkit", "run", "--config", str(config), "--out", str(out)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: shard_steps(out, "tiny-medical-seed0") >= {2}, 300, "training to pass step 2", first)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    before = units(out)
+    second = run_emkit("run", "--config", config, "--out", out, env=env)
+    after = units(out)
+    for key in ("tiny-medical-seed0", "tiny-risky-financial-seed0"):
+        if before[key]["state"] in ("queued", "running"):
+            assert f"unit {key}: waiting for job {before[key]['job_id']}, submitted by an earlier emkit process" \
+                in second.stderr
+            assert after[key]["job_id"] == before[key]["job_id"] and after[key]["attempts"] == 1
+    assert {row["state"] for row in after.values()} == {"done"}
+    assert_same_results(out, local_runs["long"])
+
+
+def test_local_gpus_without_a_gpu_is_refused_in_one_sentence(tmp_path):
+    config = write_config(tmp_path / "grid.toml", "local-gpus")
+    result = run_emkit("run", "--config", config, "--out", tmp_path / "run", env={"CUDA_VISIBLE_DEVICES": ""},
+                       check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        'Error: execution.executor = "local-gpus" found no GPU here (CUDA_VISIBLE_DEVICES is empty and nvidia-smi '
+        'lists none); list the devices in execution.gpus, or use executor = "local".')
+    assert not (tmp_path / "run" / "emkit.sqlite").exists()
+
+
+@pytest.mark.slow
+def test_answers_are_judged_while_the_next_checkpoints_train(judge_server_factory, tmp_path):
+    server = judge_server_factory(latency_s=0.02)
+    config = write_config(tmp_path / "tiny.toml", "local", long_training=True)
+    out = tmp_path / "run"
+    result = run_emkit("run", "--config", config, "--out", out, "--domain", "medical", "--judge", "gpt-4o-mini",
+                       "--api-base", server.url, env={"EMKIT_JUDGE_CACHE": str(tmp_path / "c.sqlite")})
+    conn = sqlite3.connect(out / "emkit.sqlite")
+    try:
+        timing = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'timing'").fetchone()[0])
+        judged = conn.execute("SELECT COUNT(*) FROM judgments WHERE status = 'ok'").fetchone()[0]
+    finally:
+        conn.close()
+    assert judged == 2 * 160  # 120 answers of the training run and 40 of the baseline, two metrics each
+    # passes over the answers stored so far, while the rest were made: not one pass over all 160 at the end
+    passes = [int(n) for n in re.findall(r"judge gpt-4o-mini: (\d+) judgments to make", result.stderr)]
+    assert len(passes) >= 2 and passes[0] < 320 and sum(passes) == 320, passes
+    assert timing["executor"] == "local" and timing["units"] == 2
+    assert 0 < timing["judge_hidden_s"] <= timing["judge_s"] <= timing["wall_s"]
+    assert "judging gpt-4o-mini as answers are stored, while the GPU work goes on" in result.stderr
+    assert re.search(r"time: wall \S+ on the local executor; GPU work \S+ over 2 units; judging \S+, of which \S+ "
+                     r"\(\d+%\) hidden behind GPU work", result.stderr)
+    assert "Run time" in (out / "report.html").read_text()
+    status = run_emkit("status", out).stdout
+    assert re.search(r"done +tiny-medical-seed0 +job pid\d+ +attempt 1 +3/3 checkpoints +120/120 answers", status)
+
+
+def test_a_local_judge_waits_for_the_gpu_work_unless_the_gpu_work_is_elsewhere():
+    from emkit.config import ExperimentConfig
+    from emkit.execution.overlap import overlapping_judges
+
+    def config(executor, mode="auto"):
+        return ExperimentConfig.model_validate({
+            "judging": {"judges": ["gpt-4o-mini", "local:builtin:tiny-judge"]},
+            "execution": {"executor": executor, "overlap_judging": mode}})
+
+    assert overlapping_judges(config("local")) == ["gpt-4o-mini"]
+    assert overlapping_judges(config("local-gpus")) == ["gpt-4o-mini"]
+    assert overlapping_judges(config("slurm")) == ["gpt-4o-mini", "local:builtin:tiny-judge"]
+    assert overlapping_judges(config("local", "on")) == ["gpt-4o-mini", "local:builtin:tiny-judge"]
+    assert overlapping_judges(config("slurm", "off")) == []
+
+
+def test_the_dry_run_shows_each_job_and_the_sbatch_file(tmp_path):
+    config = write_config(tmp_path / "grid.toml", "slurm", extra='partition = "gpu-a100"\naccount = "em-lab"\n'
+                          'setup = ["module load cuda/12.4"]\n[execution.slurm.sbatch]\nconstraint = "a100"\n')
+    out = tmp_path / "run"
+    text = run_emkit("run", "--config", config, "--out", out, "--dry-run").stdout
+    assert "execution: slurm, one Slurm job per unit through submitit" in text
+    assert "job 1: train tiny-medical-seed0: 16 steps, 5 checkpoints, 200 answers" in text
+    assert "job 3: baseline tiny: 60 answers at step 0" in text
+    for line in ("#SBATCH --partition=gpu-a100", "#SBATCH --account=em-lab", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=1", "#SBATCH --mem=2GB", "#SBATCH --time=20", "#SBATCH --constraint=a100",
+                 "#SBATCH --job-name=emkit-UNIT", f"#SBATCH --output={out.resolve()}/jobs/slurm/%j/%j_0_log.out",
+                 "module load cuda/12.4"):
+        assert f"    {line}" in text.splitlines(), line
+    data = json.loads(run_emkit("run", "--config", config, "--out", out, "--dry-run", "--json").stdout)
+    assert [job["unit"] for job in data["execution"]["jobs"]] == [
+        "tiny-medical-seed0", "tiny-risky-financial-seed0", "base-tiny"]
+    assert "#SBATCH --partition=gpu-a100" in data["execution"]["sbatch"]
+    assert not out.exists()
+
+
+def test_status_of_a_directory_that_is_not_a_run(tmp_path):
+    result = run_emkit("status", tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"Error: {tmp_path} is not an emkit run directory (no emkit.sqlite and "
+                                     f"config.toml); pass the --out directory of an `emkit run`.")
+
+
+def test_shards_are_read_whole_lines_only_and_merge_the_same_however_often(tmp_path):
+    from emkit.execution.shards import ShardWriter, merge, read_records
+    from emkit.store import Store
+
+    answer = {"answer_id": "a1", "model_label": "m", "run_key": "r", "step": 2, "question_set": "general",
+              "question_id": "q", "paraphrase_index": 0, "sample_index": 0, "seed": 0, "system": None,
+              "question": "Hi?", "answer": "=1+1 \"quoted\"\nsecond line ✓", "n_tokens": 5, "finish_reason": "stop",
+              "generator": "hf", "created_at": "2026-11-27T00:00:00+00:00"}
+    checkpoint = {"run_key": "r", "step": 2, "adapter_path": "/x/step-000002", "train_loss": 1.5, "seconds": 3.0,
+                  "created_at": "2026-11-27T00:00:00+00:00"}
+    path = tmp_path / "shards" / "r.jsonl"
+    writer = ShardWriter(path)
+    writer.write({"table": "checkpoints", "row": checkpoint})
+    writer.write({"table": "answers", "row": answer})
+    writer.close()
+    with open(path, "ab") as handle:  # a job killed in the middle of a line
+        handle.write(b'{"table": "answers", "row": {"answer_id": "a2", "mod')
+    records, offset = read_records(path)
+    assert [r["table"] for r in records] == ["checkpoints", "answers"]
+    assert read_records(path, offset) == ([], offset)
+
+    store = Store(tmp_path / "emkit.sqlite")
+    store.conn.execute("INSERT INTO training_runs (run_key, model_label, domain, seed, trainer, steps_per_epoch, "
+                       "total_steps, checkpoint_steps, question_sets, created_at) "
+                       "VALUES ('r', 'm', 'medical', 0, 'peft', 1, 2, '[2]', '[]', 'now')")
+    assert merge(store, records) == {"checkpoints": 1, "answers": 1}
+    assert merge(store, records) == {"checkpoints": 0, "answers": 0}
+    assert store.answer_texts(["a1"]) == {"a1": answer["answer"]}
+    assert store.checkpoints("r") == {2: __import__("pathlib").Path("/x/step-000002")}
+    store.close()
+
+    writer = ShardWriter(path)  # the next attempt cuts the torn line off before appending
+    writer.write({"event": "unit_time", "start": 1.0, "end": 2.0})
+    writer.close()
+    records, _ = read_records(path)
+    assert [r.get("table", r.get("event")) for r in records] == ["checkpoints", "answers", "unit_time"]
+
+
+def test_run_timing_counts_only_judging_that_overlapped_gpu_work():
+    from emkit.execution.timing import RunTiming
+
+    timing = RunTiming.measure("local-gpus", 0, 100, gpu=[(0, 40), (10, 50), (60, 70)],
+                               judging=[(30, 55), (65, 80)], units=3)
+    assert timing.gpu_s == 40 + 40 + 10  # GPU-seconds: two units at once count twice
+    assert timing.judge_s == 25 + 15
+    assert timing.judge_hidden_s == (50 - 30) + (70 - 65)
+    assert RunTiming.line(timing.to_json()) == ("wall 1m40s on the local-gpus executor; GPU work 1m30s over 3 units; "
+                                                "judging 40s, of which 25s (62%) hidden behind GPU work")
