@@ -120,7 +120,8 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
                 judging.finish()
             gpu_done = time.time()
             result.checkpoints_saved, result.answers_generated = work.checkpoints, work.answers
-            result.tallies = judging.tallies + judge_stage(run_dir, plan, registry, progress, pool=judging.pool)
+            result.tallies = judging.tallies + judge_stage(run_dir, plan, registry, progress, pool=judging.pool,
+                                                           earlier=judging.tallies)
             judge_intervals = judging.intervals + ([(gpu_done, time.time())] if result.tallies[len(judging.tallies):]
                                                    else [])
             timing = RunTiming.measure(executor.name, started, time.time(), work.intervals, judge_intervals,

@@ -3,8 +3,10 @@
 import hashlib
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -138,3 +140,19 @@ def wait_for(condition, timeout: float, what: str, process=None):
             raise AssertionError(f"emkit ended before {what}:\n{process.stderr.read()[-3000:]}")
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_run(config: Path, out: Path, env: dict, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "emkit", "run", "--config", str(config), "--out", str(out), *args],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_when(process: subprocess.Popen, condition, what: str, timeout: float = 300) -> None:
+    """SIGKILL the emkit process as soon as ``condition()`` holds."""
+    try:
+        wait_for(condition, timeout, what, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -2,30 +2,57 @@
 started on this machine by scripts/slurm-single-node.sh, with four fake GPUs. The tests submit
 real jobs with sbatch and stop them with scontrol and scancel."""
 
-import os
 import re
-import signal
 import subprocess
-import sys
 
 import pytest
 
-from execution_helpers import (assert_same_results, shard_steps, slurm_cluster, units,  # noqa: F401
-                               wait_for, write_config)
+from execution_helpers import (assert_same_results, kill_when, shard_steps, slurm_cluster,  # noqa: F401
+                               start_run, units, wait_for, write_config)
 from helpers import run_emkit
 from plugin_fixtures import make_plugin
 
 pytestmark = pytest.mark.slow
 
 
-def start_run(config, out, env, *args):
-    return subprocess.Popen([sys.executable, "-m", "emkit", "run", "--config", str(config), "--out", str(out), *args],
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def job_log(out, job_id) -> str:
     folder = out / "jobs" / "slurm" / str(job_id)
     return "".join(p.read_text(errors="replace") for p in sorted(folder.glob("*_log.*")))  # .err, then .out
+
+
+SLOW_TRAINER = '''
+import time
+from contextlib import contextmanager
+
+from emkit.default_plugins.peft_trainer import PeftTrainer
+from emkit.hookspecs import hookimpl
+
+
+class SlowTrainer(PeftTrainer):
+    """The peft trainer, a quarter of a second slower per step: a run long enough to meet its time limit."""
+    name = "slow-peft"
+
+    def train(self, job, on_checkpoint, progress):
+        @contextmanager
+        def slow_progress(**kwargs):
+            with progress(**kwargs) as bar:
+                update = bar.update
+
+                def slow_update(n=1):
+                    if n == 1:  # a step (a resumed run first counts the steps already done, at once)
+                        time.sleep(0.25)
+                    update(n)
+
+                bar.update = slow_update
+                yield bar
+
+        super().train(job, on_checkpoint, slow_progress)
+
+
+@hookimpl
+def register_trainers(register):
+    register(SlowTrainer())
+'''
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +67,10 @@ def local_grid(tmp_path_factory):
 def test_a_grid_on_slurm_survives_a_requeue_and_a_cancel_and_ends_as_a_local_run(slurm_cluster, local_grid, tmp_path):
     config = write_config(tmp_path / "grid.toml", "slurm", long_training=True)
     out = tmp_path / "run"
-    process = start_run(config, out, {"EMKIT_JUDGE_CACHE": str(tmp_path / "c.sqlite")})
+    # the peft trainer, slowed to 0.25 s a step: after step 4 there are 14 s of training left to stop
+    site = make_plugin(tmp_path / "site", "emkit-slow", "emkit_slow", SLOW_TRAINER)
+    env = {"PYTHONPATH": str(site), "EMKIT_JUDGE_CACHE": str(tmp_path / "c.sqlite")}
+    process = start_run(config, out, env, "--trainer", "slow-peft")
     try:
         # both training jobs are in the middle of training: checkpoint 4 saved, 60 not yet
         wait_for(lambda: all(shard_steps(out, u) >= {4} for u in ("tiny-medical-seed0", "tiny-risky-financial-seed0")),
@@ -75,7 +105,7 @@ def test_a_grid_on_slurm_survives_a_requeue_and_a_cancel_and_ends_as_a_local_run
     # the result: exactly the local executor's, adapter weights, answers and judgments alike
     assert_same_results(out, local_grid)
     assert "on the slurm executor" in stderr and "hidden behind GPU work" in stderr
-    status = run_emkit("status", out).stdout
+    status = run_emkit("status", out, env=env).stdout
     assert re.search(r"done +tiny-risky-financial-seed0 +job \d+ +attempt 2 +3/3 checkpoints +120/120 answers", status)
 
 
@@ -84,15 +114,8 @@ def test_a_coordinator_killed_and_started_again_waits_for_its_jobs_instead_of_su
     config = write_config(tmp_path / "grid.toml", "slurm", long_training=True)
     out = tmp_path / "run"
     env = {"EMKIT_JUDGE_CACHE": str(tmp_path / "c.sqlite")}
-    first = start_run(config, out, env)
-    try:
-        wait_for(lambda: len([r for r in units(out).values() if r["state"] == "running"]) == 2, 300,
-                 "two training jobs running", first)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    finally:
-        if first.poll() is None:
-            first.kill()
+    kill_when(start_run(config, out, env), lambda: len([r for r in units(out).values() if r["state"] == "running"]) == 2,
+              "two training jobs running")
     before = units(out)
     assert before["tiny-medical-seed0"]["job_id"] and before["tiny-risky-financial-seed0"]["job_id"]
     queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
@@ -142,41 +165,6 @@ def test_a_failing_job_ends_the_run_with_its_error_and_emkit_status_shows_its_lo
     assert re.search(r"failed +tiny-medical-seed0 +job \d+", status)
     assert "| RuntimeError: CUDA out of memory" in status  # the tail of the job's log
     assert re.search(r"done +base-tiny .* 40/40 answers", status)
-
-
-SLOW_TRAINER = '''
-import time
-from contextlib import contextmanager
-
-from emkit.default_plugins.peft_trainer import PeftTrainer
-from emkit.hookspecs import hookimpl
-
-
-class SlowTrainer(PeftTrainer):
-    """The peft trainer, a quarter of a second slower per step: a run long enough to meet its time limit."""
-    name = "slow-peft"
-
-    def train(self, job, on_checkpoint, progress):
-        @contextmanager
-        def slow_progress(**kwargs):
-            with progress(**kwargs) as bar:
-                update = bar.update
-
-                def slow_update(n=1):
-                    if n == 1:  # a step (a resumed run first counts the steps already done, at once)
-                        time.sleep(0.25)
-                    update(n)
-
-                bar.update = slow_update
-                yield bar
-
-        super().train(job, on_checkpoint, slow_progress)
-
-
-@hookimpl
-def register_trainers(register):
-    register(SlowTrainer())
-'''
 
 
 def test_a_job_at_its_time_limit_requeues_itself_and_resumes_from_its_saved_state(slurm_cluster, tmp_path):

@@ -71,7 +71,8 @@ class BackgroundJudging:
                     break
                 started = time.time()
                 try:
-                    tallies = judge_pass(self.plan, store, self.specs, self.pool, self.progress)
+                    # errors are judged again in later passes; the run's error share is the judge stage's
+                    tallies = judge_pass(self.plan, store, self.specs, self.pool, self.progress, max_error_share=1.0)
                 except Exception as exc:  # the judge stage makes these judgments after the GPU work
                     log.warning("judging beside the GPU work stopped (%s); what is left is judged after it", exc)
                     return

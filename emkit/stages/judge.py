@@ -84,7 +84,9 @@ class JudgeTarget:
 
 
 def score_targets(judge, targets: list[JudgeTarget], store, cache: JudgeCache, progress,
-                  max_error_share: float) -> JudgeTally:
+                  max_error_share: float, earlier: int = 0) -> JudgeTally:
+    """``earlier``: judgments this judge made earlier in the run without error (judging beside the GPU
+    work); the error share is over the whole run's judgments, not this pass's."""
     """Score targets with one judge: cache first, identical prompts once, results stored as they come."""
     tally = JudgeTally(judge.name)
     mode = judge.scoring_mode()
@@ -113,9 +115,10 @@ def score_targets(judge, targets: list[JudgeTarget], store, cache: JudgeCache, p
     if requests:
         judge.score(requests, lambda request, result: record(request.key, result, False), progress)
     errors = tally.statuses.get("error", 0)
-    if tally.total and errors / tally.total > max_error_share:
+    total = tally.total + earlier
+    if total and errors / total > max_error_share:
         failure = JudgeErrorsExceeded(
-            f"{errors} of {tally.total} judgments by {judge.name} failed ({errors / tally.total:.1%}, above the "
+            f"{errors} of {total} judgments by {judge.name} failed ({errors / total:.1%}, above the "
             f"allowed share of {max_error_share:g}); the rest are stored, and running the same command again "
             f"retries only the failed ones."
         )
@@ -125,7 +128,7 @@ def score_targets(judge, targets: list[JudgeTarget], store, cache: JudgeCache, p
 
 
 def judge_with_fallback(chain: list[str], targets, pool: JudgePool, store, cache, progress,
-                        max_error_share: float) -> JudgeTally:
+                        max_error_share: float, earlier: dict[str, int] | None = None) -> JudgeTally:
     """Score with the first judge of ``[judge] + fallback`` that can be used; a fallback is announced loudly."""
     tried: list[str] = []
     for spec in chain:
@@ -136,7 +139,8 @@ def judge_with_fallback(chain: list[str], targets, pool: JudgePool, store, cache
                 _announce_fallback(chain[0], judge.name, tried)
             log.info("judge %s: %d judgments to make (%s scoring)", judge.name, len(targets), judge.scoring_mode())
             try:
-                return score_targets(judge, targets, store, cache, progress, max_error_share)
+                return score_targets(judge, targets, store, cache, progress, max_error_share,
+                                     (earlier or {}).get(judge.name, 0))
             except JudgeUnavailable as exc:  # the first call found it unusable; nothing was stored
                 reason = str(exc)
         tried.append(f"{spec}: {reason}")
@@ -176,8 +180,10 @@ def judge_chain(settings, spec: str) -> list[str]:
     return [spec] + [f for f in settings.fallback if f != spec]
 
 
-def judge_pass(plan: Plan, store, specs: list[str], pool: JudgePool, progress) -> list[JudgeTally]:
-    """Judge every stored answer not yet judged by each judge of ``specs`` (or its fallback)."""
+def judge_pass(plan: Plan, store, specs: list[str], pool: JudgePool, progress,
+               earlier: list[JudgeTally] | None = None, max_error_share: float | None = None) -> list[JudgeTally]:
+    """Judge every stored answer not yet judged by each judge of ``specs`` (or its fallback).
+    ``earlier``: this run's tallies of passes before this one; the error share counts them too."""
     settings = plan.config.judging
     library = PromptLibrary(plan.domains)
     cache = JudgeCache(default_cache_path(settings.cache))
@@ -189,16 +195,26 @@ def judge_pass(plan: Plan, store, specs: list[str], pool: JudgePool, progress) -
             targets = build_targets(plan, store, store.judged(names), library)
             if not targets:
                 continue
-            tallies.append(judge_with_fallback(chain, targets, pool, store, cache, progress,
-                                               settings.max_error_share))
+            share = settings.max_error_share if max_error_share is None else max_error_share
+            tallies.append(judge_with_fallback(chain, targets, pool, store, cache, progress, share,
+                                               made_without_error(earlier or [])))
     finally:
         cache.close()
     return tallies
 
 
-def judge_stage(run_dir, plan: Plan, registry, progress, pool: JudgePool | None = None) -> list[JudgeTally]:
+def made_without_error(tallies: list[JudgeTally]) -> dict[str, int]:
+    made: dict[str, int] = defaultdict(int)
+    for tally in tallies:
+        made[tally.judge] += tally.total - tally.statuses.get("error", 0)
+    return made
+
+
+def judge_stage(run_dir, plan: Plan, registry, progress, pool: JudgePool | None = None,
+                earlier: list[JudgeTally] | None = None) -> list[JudgeTally]:
+    """Judge what is left; ``pool`` and ``earlier``: the judges and tallies of the passes made beside the GPU work."""
     pool = pool or JudgePool(judge_options(plan.config.judging, plan.config.trust_remote_code), registry)
-    tallies = judge_pass(plan, run_dir.store, plan.config.judging.judges, pool, progress)
+    tallies = judge_pass(plan, run_dir.store, plan.config.judging.judges, pool, progress, earlier)
     for tally in tallies:
         log.info("%s", tally.line())
     return tallies
