@@ -8,6 +8,3 @@ class LocalExecutor:
     name = "local"
     in_process = True
     slots = 1
-
-    def describe(self) -> list[str]:
-        return ["executor local: one unit after another in this process"]
