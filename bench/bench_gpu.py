@@ -121,7 +121,8 @@ def main(argv=None) -> None:
     parser.add_argument("--shape", action="append", choices=sorted(SHAPES))
     parser.add_argument("--steps", type=int, help="training steps (default: 20 on a GPU, 2 on the CPU)")
     parser.add_argument("--child", nargs=2, metavar=("SHAPE", "TRAINER"), help=argparse.SUPPRESS)
-    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help="where the random models are built, and found again by a later run "
+                        "(default: a temporary folder)")
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(root))
@@ -137,17 +138,21 @@ def main(argv=None) -> None:
     steps = args.steps or (20 if cuda else 2)
     trainers = ["peft"] + (["unsloth"] if importlib.util.find_spec("unsloth") else [])
     rows = []
-    with tempfile.TemporaryDirectory() as folder:
+    # The children must still see what this process sees (an install by --target on PYTHONPATH).
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.folder or scratch
         for shape in shapes:
             for trainer in trainers:
                 result = subprocess.run([sys.executable, __file__, "--child", shape, trainer, "--steps", str(steps),
                                          "--folder", folder], capture_output=True, text=True,
-                                        env={**os.environ, "PYTHONPATH": str(root)})
+                                        env={**os.environ, "PYTHONPATH": path})
                 line = next((l for l in result.stdout.splitlines() if l.startswith("RESULT ")), None)
                 if line is None:
                     print(f"{shape} {trainer}: failed\n{result.stderr[-2000:]}")
                     continue
                 rows.append(json.loads(line[len("RESULT "):]))
+                print(f"{shape} {trainer}: {rows[-1]['tokens_per_s']:.0f} tokens/s", flush=True)  # if cut short
     print(f"\ntraining at the seed's settings ({'4-bit, ' if cuda else ''}LoRA r=16, batch 8 x 2, max length 256), "
           f"{steps} steps, {'GPU' if cuda else 'CPU'}")
     print(f"{'shape':8}{'trainer':10}{'tokens/s':>12}{'seconds':>10}{'peak GiB':>10}")
