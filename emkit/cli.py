@@ -59,9 +59,25 @@ def _print_plan(plan, costs) -> None:
                f"{totals['generations']:,} answers, {totals['judge_calls']:,} judge calls")
     for cost in costs:
         click.echo(f"  judge {cost['judge']}: {cost['calls']:,} calls, ~{cost['input_tokens']:,} input + "
-                   f"{cost['output_tokens']:,} output tokens, about ${cost['usd']:.2f} ({cost['note']})")
+                   f"{cost['output_tokens']:,} output tokens, about ${cost['usd']:.2f} live"
+                   + (f", ${cost['usd_batch']:.2f} batched" if "usd_batch" in cost else "") + f" ({cost['note']})")
+        if "wall_batch_h_at_most" in cost:
+            click.echo(f"    wall time: {_live_wall(cost)}; batched (judging.mode = \"batch\"): "
+                       f"{cost['batches']} batch{'es' if cost['batches'] != 1 else ''} in {cost['batch_waves']} "
+                       f"wave{'s' if cost['batch_waves'] != 1 else ''} under the enqueued-token limit, "
+                       f"each done within the provider's 24-hour window (at most {cost['wall_batch_h_at_most']:g} h, "
+                       f"often far less)" + ("  <- this run" if cost["mode"] == "batch" else ""))
     for note in data["notes"]:
         click.echo(f"  note: {note}")
+
+
+def _live_wall(cost) -> str:
+    limits = cost["limits"]
+    if cost["wall_live_h"] is None:
+        return ("live at unknown rate limits (set [judging] rpm and tpm, or judge once live: emkit reads them from "
+                "the provider's headers)")
+    shown = ", ".join(f"{int(limits[k]):,} {k}/min" for k in ("requests", "tokens") if limits.get(k))
+    return f"live {cost['wall_live_h']:.1f} h at {shown} ({limits['source']})"
 
 
 @cli.command()
@@ -85,6 +101,9 @@ def _print_plan(plan, costs) -> None:
               help="Allow a plain-http --api-base on another machine (judge prompts travel unencrypted).")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Judge calls in flight at once.")
 @click.option("--scoring", type=click.Choice(["auto", "logprobs", "text"]), help="How judges score.")
+@click.option("--judge-mode", type=click.Choice(["live", "batch"]),
+              help="live: calls paced to the provider's limits; batch: the provider's batch API (half the price, "
+                   "within 24 hours).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with a model to run (off by default).")
 @click.option("--em", "em", type=click.Choice(EM_DEFINITIONS),
               help="EM definition of the report: seed (default), betley or model-organisms.")
@@ -93,15 +112,15 @@ def _print_plan(plan, costs) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and the judge cost; touch no model.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 def run(config_file, preset, trainer, generator, executor, judges, fallback, models, domains, seeds, samples, api_base, api_key_env,
-        allow_insecure_http, concurrency, scoring, trust_remote_code, em, out_dir, dry_run, as_json):
+        allow_insecure_http, concurrency, scoring, judge_mode, trust_remote_code, em, out_dir, dry_run, as_json):
     """Run an experiment: train, generate, judge and report (resumable)."""
     from emkit.plugins import get_registry
 
     config = _config_from_options(
         config_file, preset, trainer=trainer, generator=generator, executor=executor, judges=judges, fallback=fallback, models=models,
         domains=domains, seeds=seeds, api_base=api_base, api_key_env=api_key_env,
-        allow_insecure_http=allow_insecure_http, concurrency=concurrency, scoring=scoring, samples=samples,
-        trust_remote_code=trust_remote_code, em=em,
+        allow_insecure_http=allow_insecure_http, concurrency=concurrency, scoring=scoring, judge_mode=judge_mode,
+        samples=samples, trust_remote_code=trust_remote_code, em=em,
     )
     registry = get_registry()
     if dry_run:
@@ -164,6 +183,14 @@ def _judging_defaults():
 @click.option("--reasoning-effort", type=click.Choice(["none", "minimal", "low", "medium", "high"]),
               help="For reasoning judges (o3, gpt-5-mini): how hard they think. Default: the provider's.")
 @click.option("--scoring", type=click.Choice(["auto", "logprobs", "text"]), default="auto", show_default=True)
+@click.option("--judge-mode", type=click.Choice(["live", "batch"]), default="live", show_default=True,
+              help="live: calls paced to the provider's limits; batch: the provider's batch API (half the price, "
+                   "within 24 hours; a killed command resumes polling).")
+@click.option("--rpm", type=click.IntRange(min=0), default=0, help="Requests a minute (default: read from the "
+              "provider's rate-limit headers).")
+@click.option("--tpm", type=click.IntRange(min=0), default=0, help="Tokens a minute (default: read from the headers).")
+@click.option("--batch-poll", "batch_poll_s", type=click.FloatRange(min=0.01), default=60.0, show_default=True,
+              help="Seconds between questions about batches in flight.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds before a call is abandoned and retried.")
@@ -177,17 +204,23 @@ def _judging_defaults():
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the judged answers: .csv or .jsonl.")
 def judge(file, judges, fallback, metrics, prompts_file, api_base, api_key_env, allow_insecure_http, reasoning_effort,
-          scoring, concurrency, timeout_s, max_retries, max_error_share, transport, retry_backoff_s, out):
+          scoring, judge_mode, rpm, tpm, batch_poll_s, concurrency, timeout_s, max_retries, max_error_share, transport,
+          retry_backoff_s, out):
     """Score a CSV or JSONL of answers made elsewhere (columns question and answer or response)."""
     from emkit.interfaces import JudgeOptions
     from emkit.judge_file import judge_file
+    from emkit.judging.cache import default_cache_path
     from emkit.plugins import get_registry
 
     defaults = _judging_defaults()
     options = JudgeOptions(api_base=api_base, scoring=scoring, concurrency=concurrency, timeout_s=timeout_s,
                            max_retries=max_retries, retry_backoff_s=retry_backoff_s,
                            batch_size=defaults.batch_size, transport=transport, api_key_env=api_key_env or None,
-                           allow_insecure_http=allow_insecure_http, reasoning_effort=reasoning_effort)
+                           allow_insecure_http=allow_insecure_http, reasoning_effort=reasoning_effort,
+                           mode=judge_mode, rpm=rpm, tpm=tpm, batch_poll_s=batch_poll_s,
+                           batch_max_requests=defaults.batch_max_requests, batch_max_mb=defaults.batch_max_mb,
+                           batch_enqueued_tokens=defaults.batch_enqueued_tokens, batch_resend=defaults.batch_resend,
+                           ledger=str(default_cache_path(defaults.cache)))
     judge_file(file, out, list(judges), options, get_registry(), metrics=list(metrics or defaults.metrics),
                fallback=list(fallback), prompts_file=prompts_file, max_error_share=max_error_share)
     click.echo(f"wrote {out}", err=True)

@@ -106,6 +106,16 @@ class JudgingSettings(_Section):
     transport: Literal["auto", "litellm"] = "auto"  # auto: OpenAI-protocol providers over a lean client
     batch_size: int = Field(8, ge=1)  # local judges: prompts per forward pass
     cache: str = ""  # judge cache shared across runs; default: emkit's cache directory
+    # live: calls as answers come, paced to the provider's limits; batch: the provider's batch API,
+    # half the price, results within its 24-hour window (emkit.judging.batch)
+    mode: Literal["live", "batch"] = "live"
+    rpm: int = Field(0, ge=0)  # requests a minute; 0: read from the provider's rate-limit headers
+    tpm: int = Field(0, ge=0)  # tokens a minute; 0: read from the headers
+    batch_poll_s: float = Field(60.0, gt=0)  # how often batches in flight are asked about
+    batch_max_requests: int = Field(50_000, ge=1)  # per batch (OpenAI: 50,000)
+    batch_max_mb: float = Field(190.0, gt=0)  # per batch file (OpenAI: 200 MB)
+    batch_enqueued_tokens: int = Field(2_000_000, ge=0)  # in flight at once per model (gpt-4o-mini, tier 1); 0: no limit
+    batch_resend: Literal["batch", "live"] = "batch"  # requests an expired or failed batch left undone
 
 
 class EMSettings(_Section):
@@ -306,6 +316,7 @@ def apply_overrides(
     allow_insecure_http: bool | None = None,
     concurrency: int | None = None,
     scoring: str | None = None,
+    judge_mode: str | None = None,
     samples: int | None = None,
     trust_remote_code: bool = False,
     em: str | None = None,
@@ -320,6 +331,8 @@ def apply_overrides(
         data.setdefault("execution", {})["executor"] = executor
     if judges:
         data.setdefault("judging", {})["judges"] = list(judges)
+    if judge_mode:
+        data.setdefault("judging", {})["mode"] = judge_mode
     if fallback:
         data.setdefault("judging", {})["fallback"] = list(fallback)
     if api_base:

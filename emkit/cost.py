@@ -2,7 +2,11 @@
 
 Input tokens per call are the judge prompt with its question, plus the answer taken at
 its longest (evaluation.max_new_tokens): an upper bound, since many answers stop early.
-Prices come from litellm's offline price table; local judges cost nothing.
+Prices come from litellm's offline price table (the batch API's own price where it has one);
+local judges cost nothing. Wall time live is the calls and tokens over the rate limits set in
+[judging] rpm / tpm or read from the provider's headers by an earlier live run (the judge
+cache keeps them); batched, it is the provider's completion window for each wave of batches
+the enqueued-token limit lets in at once.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ def estimate_judge_cost(plan: Plan, registry) -> list[dict]:
         from emkit.judging.tokens import count_tokens
 
         input_price, output_price = price()
+        batch_input_price, batch_output_price = price(batch=True)
         mode = judge.scoring_mode()
         calls = input_tokens = 0
         prompt_tokens: dict[tuple, int] = {}
@@ -52,9 +57,47 @@ def estimate_judge_cost(plan: Plan, registry) -> list[dict]:
             note = (f"answers at max_new_tokens, but NOT the judge's reasoning, billed as output: up to "
                     f"{REASONING_MAX_TOKENS:,} tokens a call, ${calls * REASONING_MAX_TOKENS * output_price:,.2f} "
                     f"at most")
+        counted = input_tokens + calls * _max_tokens(judge, mode)  # what the token limit counts
         estimates.append({
             "judge": judge.name, "calls": calls, "input_tokens": input_tokens, "output_tokens": output_tokens,
             "usd": input_tokens * input_price + output_tokens * output_price,
+            "usd_batch": input_tokens * batch_input_price + output_tokens * batch_output_price,
+            "mode": plan.config.judging.mode,
+            **wall_time(calls, counted, _limits(judge, plan.config.judging), plan.config.judging),
             "note": note + ("" if input_price else "; no price known"),
         })
     return estimates
+
+
+def _max_tokens(judge, mode: str) -> int:
+    params = judge.request_params(mode)
+    return int(params.get("max_completion_tokens") or params.get("max_tokens") or 16)
+
+
+def _limits(judge, settings) -> dict:
+    """Limits set by hand win; else those an earlier live run read from the provider's headers."""
+    from emkit.judging.cache import JudgeCache, default_cache_path
+
+    read = {}
+    path = default_cache_path(settings.cache)
+    if path.is_file():
+        cache = JudgeCache(path)
+        try:
+            read = cache.limits(judge.identity)
+        finally:
+            cache.close()
+    limits = {"requests": settings.rpm or read.get("requests"), "tokens": settings.tpm or read.get("tokens")}
+    source = "set in [judging]" if (settings.rpm or settings.tpm) else ("read by an earlier run" if read else "")
+    return {**limits, "source": source}
+
+
+def wall_time(calls: int, tokens: int, limits: dict, settings) -> dict:
+    """Hours live at the limits (None when none is known) and batched (waves x the 24-hour window)."""
+    minutes = [calls / limits["requests"] if limits.get("requests") else 0.0,
+               tokens / limits["tokens"] if limits.get("tokens") else 0.0]
+    known = bool(limits.get("requests") or limits.get("tokens"))
+    cap = settings.batch_enqueued_tokens
+    waves = max(1, -(-tokens // cap)) if cap else 1
+    batches = max(1, -(-calls // settings.batch_max_requests), waves) if calls else 0
+    return {"wall_live_h": max(minutes) / 60 if known else None, "limits": limits,
+            "batches": batches, "batch_waves": waves, "wall_batch_h_at_most": 24.0 * waves}

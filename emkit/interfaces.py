@@ -142,6 +142,15 @@ class JudgeOptions:
     api_key_env: str | None = None  # the variable holding the key for a custom api_base
     allow_insecure_http: bool = False  # plain http to an api_base on another machine
     reasoning_effort: str | None = None  # for reasoning models; None: the provider's default
+    mode: str = "live"  # live | batch (the provider's batch API, where the backend has one)
+    rpm: int = 0  # rate limits set by hand; 0: read from the provider's headers
+    tpm: int = 0
+    batch_poll_s: float = 60.0
+    batch_max_requests: int = 50_000
+    batch_max_mb: float = 190.0
+    batch_enqueued_tokens: int = 2_000_000
+    batch_resend: str = "batch"  # batch | live: how requests an expired or failed batch left undone are sent
+    ledger: str | None = None  # the SQLite file that records batches in flight (the judge cache's)
 
 
 OnJudged = Callable[[JudgeRequest, JudgeResult], None]

@@ -17,6 +17,12 @@ the OpenAI protocol (OpenAI itself, vLLM, any --api-base) are then called throug
 lean HTTP client, which costs a sixth of the CPU of litellm.acompletion per call
 (bench/bench_judge.py); every other provider is called through litellm.acompletion, and
 ``[judging] transport = "litellm"`` sends everything that way.
+
+Live calls are paced to the provider's rate limits as its headers report them, or as
+``[judging] rpm`` and ``tpm`` set them (emkit.judging.pacing). ``[judging] mode = "batch"``
+sends the same requests through the provider's batch API with litellm's batch client
+(``acreate_file``, ``acreate_batch``, ``aretrieve_batch``, ``afile_content``) at the batch
+price (emkit.judging.batch).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from urllib.parse import urlparse
 from emkit.errors import EmkitError
 from emkit.hookspecs import hookimpl
 from emkit.interfaces import JudgeOptions, JudgeRequest, JudgeResult
-from emkit.judging.api import Failure, RetryPolicy, parse_retry_after, run_calls
-from emkit.judging.openai_http import Endpoint, OpenAIChatClient
+from emkit.judging.api import Failure, RetryPolicy, current_ticket, parse_retry_after, run_async, run_calls_async
+from emkit.judging.openai_http import Endpoint, HTTPStatusError, OpenAIChatClient
+from emkit.judging.pacing import Pacer, call_tokens
 from emkit.judging.scoring import describe_distribution, score_from_text, score_from_top_logprobs
 from emkit.secrets import redact
 
@@ -173,6 +180,7 @@ class LiteLLMJudge:
         self._litellm_model = None
         self._route: tuple | None = None
         self._params: dict[str, dict] = {}
+        self.pacer = Pacer(options.rpm, options.tpm)  # kept across passes: what it learnt of the limits holds
         if self.api_base:
             check_api_base(self.api_base, options.allow_insecure_http)
 
@@ -288,19 +296,46 @@ class LiteLLMJudge:
             return f"{', '.join(missing)} is not set"
         return None
 
-    def price_per_token(self) -> tuple[float, float]:
-        """(input, output) dollars per token from litellm's offline price table; 0 when unknown."""
+    def price_per_token(self, batch: bool = False) -> tuple[float, float]:
+        """(input, output) dollars per token from litellm's offline price table; 0 when unknown.
+        ``batch``: the batch API's price where the table has one (OpenAI: half), else the live price."""
         litellm = import_litellm()
         entry = litellm.model_cost.get(self.litellm_model) or litellm.model_cost.get(self.model.split("/")[-1]) or {}
-        return float(entry.get("input_cost_per_token") or 0.0), float(entry.get("output_cost_per_token") or 0.0)
+        live = float(entry.get("input_cost_per_token") or 0.0), float(entry.get("output_cost_per_token") or 0.0)
+        if not batch:
+            return live
+        return (float(entry.get("input_cost_per_token_batches") or live[0]),
+                float(entry.get("output_cost_per_token_batches") or live[1]))
+
+    @property
+    def observed_limits(self) -> dict[str, float]:
+        """The rate limits in force for live calls (read from the headers, or set by hand)."""
+        return self.pacer.limits
+
+    def call_tokens(self, request: JudgeRequest, mode: str) -> int:
+        """What a call counts against the token limit: its prompt and the most it may generate."""
+        params = self.request_params(mode)
+        return call_tokens(request.prompt, int(params.get("max_completion_tokens") or params.get("max_tokens") or 16))
 
     async def _call_direct(self, client: OpenAIChatClient, request: JudgeRequest, mode: str) -> JudgeResult:
         _, wire_model, (input_price, output_price) = self.route()
-        data = await client.complete({"model": wire_model, "messages": [{"role": "user", "content": request.prompt}],
-                                      **self.request_params(mode)})
+        ticket, headers, limited = current_ticket.get(), None, False
+        try:
+            data, headers = await client.complete_with_headers(self.request_body(request, mode))
+        except HTTPStatusError as exc:
+            headers, limited = exc.response.headers, exc.status_code == 429
+            raise
+        finally:  # also when the call timed out: its ticket is no longer in flight
+            self.pacer.observe(headers, ticket, limited)
         result = result_from_completion(data, mode, self.model)
         result.cost_usd = result.input_tokens * input_price + result.output_tokens * output_price
         return result
+
+    def request_body(self, request: JudgeRequest, mode: str) -> dict:
+        """The chat completion request in OpenAI's shape, as a live call and a batch file line send it."""
+        _, wire_model, _ = self.route()
+        return {"model": wire_model, "messages": [{"role": "user", "content": request.prompt}],
+                **self.request_params(mode)}
 
     async def _call_litellm(self, request: JudgeRequest, mode: str) -> JudgeResult:
         litellm = import_litellm()
@@ -322,7 +357,17 @@ class LiteLLMJudge:
             kwargs["api_base"] = OPENAI_ENDPOINT  # not OPENAI_BASE_URL: the key goes to OpenAI only
         if key and not self.api_base:
             kwargs["api_key"] = key
-        response = await litellm.acompletion(**kwargs)
+        ticket, headers, limited = current_ticket.get(), None, False
+        try:
+            response = await litellm.acompletion(**kwargs)
+            headers = (getattr(response, "_hidden_params", None) or {}).get("additional_headers")
+        except Exception as exc:
+            headers = getattr(exc, "litellm_response_headers", None) or getattr(getattr(exc, "response", None),
+                                                                                "headers", None)
+            limited = getattr(exc, "status_code", None) == 429
+            raise
+        finally:
+            self.pacer.observe(headers, ticket, limited)
         result = result_from_completion(response.model_dump(), mode, self.model)
         # litellm prices every response as it arrives
         result.cost_usd = float((getattr(response, "_hidden_params", None) or {}).get("response_cost") or 0.0)
@@ -333,6 +378,11 @@ class LiteLLMJudge:
         if mode == "logprobs" and "logprobs" not in self.request_params(mode):
             raise EmkitError(f"judging.scoring = \"logprobs\", but {self.model} does not return logprobs; use "
                              f"scoring = \"auto\" or \"text\".")
+        work = self._batch if self.options.mode == "batch" else self._live
+        with progress(total=len(requests), unit="judgments", desc=f"judge {self.name}") as bar:
+            run_async(lambda receive, progress_bar: work(requests, receive, progress_bar, mode), on_result, bar)
+
+    async def _live(self, requests, on_result, bar, mode: str) -> None:
         endpoint, _, _ = self.route()
         policy = RetryPolicy(timeout_s=self.options.timeout_s, max_retries=self.options.max_retries,
                              backoff_base_s=self.options.retry_backoff_s)
@@ -341,9 +391,88 @@ class LiteLLMJudge:
             call, context = (lambda r: self._call_direct(client, r, mode)), client
         else:
             call, context = (lambda r: self._call_litellm(r, mode)), None
-        with progress(total=len(requests), unit="judgments", desc=f"judge {self.name}") as bar:
-            run_calls(requests, call, classify, on_result, concurrency=self.options.concurrency, policy=policy,
-                      scoring=mode, judge_name=self.name, bar=bar, context=context)
+        await run_calls_async(requests, call, classify, on_result, concurrency=self.options.concurrency,
+                              policy=policy, scoring=mode, judge_name=self.name, bar=bar, context=context,
+                              pace=lambda r: self.pacer.acquire(self.call_tokens(r, mode)))
+
+    async def _batch(self, requests, on_result, bar, mode: str) -> None:
+        from emkit.judging.batch import BatchLedger, BatchLimits, BatchRun
+        from emkit.judging.cache import default_cache_path
+
+        input_price, output_price = self.price_per_token(batch=True)
+
+        def parse(body: dict) -> JudgeResult:
+            result = result_from_completion(body, mode, self.model)
+            result.cost_usd = result.input_tokens * input_price + result.output_tokens * output_price
+            return result
+
+        def classify_line(status: int, body: dict) -> Failure:
+            message = ((body or {}).get("error") or {}).get("message") or str(body)[:200]
+            return classify(HTTPStatusError(status, message, {}))
+
+        options = self.options
+        ledger = BatchLedger(options.ledger or default_cache_path())
+        try:
+            runner = BatchRun(
+                identity=self.identity, judge_name=self.name, api=LiteLLMBatchAPI(self), scoring=mode,
+                body=lambda r: self.request_body(r, mode), parse=parse, classify=classify_line,
+                tokens=lambda r: self.call_tokens(r, mode), ledger=ledger,
+                limits=BatchLimits(max_requests=options.batch_max_requests,
+                                   max_bytes=int(options.batch_max_mb * 1000 * 1000),
+                                   enqueued_tokens=options.batch_enqueued_tokens, poll_s=options.batch_poll_s,
+                                   resend=options.batch_resend, max_rounds=max(1, options.max_retries)),
+                live=lambda again: self._live(again, on_result, bar, mode),
+            )
+            await runner.run(requests, on_result, bar)
+        finally:
+            ledger.close()
+
+
+class LiteLLMBatchAPI:
+    """The provider's Files and Batch APIs through litellm (emkit.judging.batch.BatchAPI). A key goes
+    where a live call's would: OpenAI's to OpenAI only, a custom base's from judging.api_key_env."""
+
+    def __init__(self, judge: LiteLLMJudge):
+        _, provider = judge.provider()
+        self.kwargs = {"custom_llm_provider": provider or "openai"}
+        key = judge.api_key(provider)
+        if judge.api_base:
+            self.kwargs.update(api_base=judge.api_base, api_key=key or "not-needed")
+        elif provider == "openai":
+            self.kwargs.update(api_base=OPENAI_ENDPOINT)
+            if key:
+                self.kwargs["api_key"] = key
+
+    @staticmethod
+    def _plain(obj) -> dict:
+        return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
+
+    async def upload(self, name: str, data: bytes) -> str:
+        litellm = import_litellm()
+        return (await litellm.acreate_file(file=(name, data), purpose="batch", **self.kwargs)).id
+
+    async def create(self, file_id: str, metadata: dict) -> dict:
+        litellm = import_litellm()
+        batch = await litellm.acreate_batch(completion_window="24h", endpoint="/v1/chat/completions",
+                                            input_file_id=file_id, metadata=metadata, **self.kwargs)
+        return self._plain(batch)
+
+    async def retrieve(self, batch_id: str) -> dict:
+        litellm = import_litellm()
+        return self._plain(await litellm.aretrieve_batch(batch_id=batch_id, **self.kwargs))
+
+    async def content(self, file_id: str) -> bytes:
+        litellm = import_litellm()
+        return (await litellm.afile_content(file_id=file_id, **self.kwargs)).content
+
+    async def find(self, file_id: str) -> dict | None:
+        litellm = import_litellm()
+        listed = await litellm.alist_batches(limit=100, **self.kwargs)
+        for batch in getattr(listed, "data", None) or []:
+            batch = self._plain(batch)
+            if batch.get("input_file_id") == file_id:
+                return batch
+        return None
 
 
 class LiteLLMBackend:

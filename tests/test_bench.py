@@ -35,3 +35,10 @@ def test_the_execution_benchmark_runs_every_executor_and_judges_everything():
     assert all("(1,620 judgments)" in row for row in rows)
     assert "0% hidden" in rows[0]
     assert lines[-1].startswith("wall-time ratios against local with judging after the GPU work")
+
+
+def test_the_rate_limit_benchmark_paces_without_429s():
+    lines = bench("bench_judge_limits.py", "--rpm", "300", "--tpm", "0", "--n", "360", "--latency", "0.02")
+    assert "429s: paced 0, unpaced" in "\n".join(lines)
+    assert not lines[-2].endswith("unpaced 0")  # without pacing the same calls meet 429s
+    assert lines[-1].startswith("ratio paced / unpaced steady rate:")

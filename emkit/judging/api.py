@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import queue
 import random
 import threading
@@ -75,14 +76,23 @@ class RetryPolicy:
 
 Call = Callable[[JudgeRequest], Awaitable[JudgeResult]]
 Classify = Callable[[BaseException], Failure]
+Pace = Callable[[JudgeRequest], Awaitable[object]]  # waits until the rate limits allow the call (pacing.Pacer)
+
+# The pacing ticket of the call in progress: the call reads it to tell the pacer what the reply's
+# headers say (a context variable, because asyncio.wait_for runs the call as a task of its own).
+current_ticket: contextvars.ContextVar = contextvars.ContextVar("emkit_pacing_ticket", default=None)
 
 
 async def call_with_retries(call: Call, request: JudgeRequest, classify: Classify, policy: RetryPolicy,
-                            scoring: str, unavailable_retries: int | None = None) -> tuple[JudgeResult, Failure | None]:
+                            scoring: str, unavailable_retries: int | None = None,
+                            pace: Pace | None = None) -> tuple[JudgeResult, Failure | None]:
     """One request, retried; ``unavailable_retries`` caps retries of failures that say the
-    judge is unusable (the probe gives up on a refused connection after a couple of tries)."""
+    judge is unusable (the probe gives up on a refused connection after a couple of tries).
+    ``pace``: waited for before each attempt, outside the attempt's timeout."""
     failure: Failure | None = None
     for attempt in range(policy.max_retries + 1):
+        if pace is not None:
+            current_ticket.set(await pace(request))
         try:
             return await asyncio.wait_for(call(request), policy.timeout_s), None
         except asyncio.TimeoutError:
@@ -100,18 +110,21 @@ async def call_with_retries(call: Call, request: JudgeRequest, classify: Classif
 
 
 async def _run(requests: list[JudgeRequest], call: Call, classify: Classify, on_result, *, concurrency: int,
-               policy: RetryPolicy, scoring: str, judge_name: str, bar, context=None) -> None:
+               policy: RetryPolicy, scoring: str, judge_name: str, bar, context=None, pace: Pace | None = None) -> None:
     """``context``: an async context manager (an HTTP session) entered inside the event loop."""
     if not requests:
         return
     async with context if context is not None else contextlib.nullcontext():
         await _run_pool(requests, call, classify, on_result, concurrency=concurrency, policy=policy,
-                        scoring=scoring, judge_name=judge_name, bar=bar)
+                        scoring=scoring, judge_name=judge_name, bar=bar, pace=pace)
 
 
-async def _run_pool(requests, call, classify, on_result, *, concurrency, policy, scoring, judge_name, bar) -> None:
-    # the probe: one call on its own decides whether the judge is usable at all
-    result, failure = await call_with_retries(call, requests[0], classify, policy, scoring, unavailable_retries=2)
+async def _run_pool(requests, call, classify, on_result, *, concurrency, policy, scoring, judge_name, bar,
+                    pace=None) -> None:
+    # the probe: one call on its own decides whether the judge is usable at all (and, paced, brings
+    # the provider's limits in its headers before the others go)
+    result, failure = await call_with_retries(call, requests[0], classify, policy, scoring, unavailable_retries=2,
+                                              pace=pace)
     if failure is not None and failure.unavailable:
         raise JudgeUnavailable(f"{judge_name} cannot be used: {failure.message}")
     on_result(requests[0], result)
@@ -121,7 +134,7 @@ async def _run_pool(requests, call, classify, on_result, *, concurrency, policy,
 
     async def worker():
         for request in queue:  # one iterator shared by all workers: each request taken once
-            result, failure = await call_with_retries(call, request, classify, policy, scoring)
+            result, failure = await call_with_retries(call, request, classify, policy, scoring, pace=pace)
             on_result(request, result)
             bar.update()
             if result.status == "error":
@@ -197,12 +210,21 @@ class _Relay:
 
 
 def run_calls(requests: list[JudgeRequest], call: Call, classify: Classify, on_result, *, concurrency: int,
-              policy: RetryPolicy, scoring: str, judge_name: str, bar, context=None) -> None:
+              policy: RetryPolicy, scoring: str, judge_name: str, bar, context=None, pace: Pace | None = None) -> None:
     """Make the calls; ``on_result`` and ``bar`` are always called on the caller's thread."""
     def make_coro(receive, progress_bar):
         return _run(requests, call, classify, receive, concurrency=concurrency, policy=policy, scoring=scoring,
-                    judge_name=judge_name, bar=progress_bar, context=context)
+                    judge_name=judge_name, bar=progress_bar, context=context, pace=pace)
 
+    run_async(make_coro, on_result, bar)
+
+
+run_calls_async = _run  # the same calls from inside an event loop (a batch's requests resent live)
+
+
+def run_async(make_coro, on_result, bar) -> None:
+    """Run ``make_coro(on_result, bar)`` to its end: on this thread, or, where an event loop already
+    runs here (Jupyter), on a thread of its own with the callbacks relayed back to this one."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -25,6 +25,25 @@ CACHE_MIGRATIONS = [
             input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, created_at TEXT NOT NULL)
         """,
     ),
+    (
+        2,
+        # Batches in flight at a provider (emkit.judging.batch): a file and its batch are written the
+        # moment the provider returns their ids, so that a killed command polls them again instead of
+        # paying for the same requests twice, and any run needing one of their requests waits for them.
+        # Rate limits read from a provider's headers, for the dry run's wall-time estimate.
+        """
+        CREATE TABLE judge_batches (
+            file_id TEXT PRIMARY KEY, batch_id TEXT, judge_identity TEXT NOT NULL, status TEXT NOT NULL,
+            requests INTEGER NOT NULL, tokens INTEGER NOT NULL, attempt INTEGER NOT NULL,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL, collected INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE judge_batch_requests (
+            file_id TEXT NOT NULL REFERENCES judge_batches(file_id), request_key TEXT NOT NULL, metric TEXT NOT NULL,
+            PRIMARY KEY (file_id, request_key));
+        CREATE INDEX judge_batch_requests_key ON judge_batch_requests(request_key);
+        CREATE TABLE rate_limits (
+            judge_identity TEXT PRIMARY KEY, rpm REAL, tpm REAL, seen_at TEXT NOT NULL)
+        """,
+    ),
 ]
 
 
@@ -77,6 +96,18 @@ class JudgeCache:
             (key, identity, metric, result.scoring, result.score, result.status, result.raw, result.judge_model,
              result.input_tokens, result.output_tokens, result.cost_usd, now()),
         )
+
+    def put_limits(self, identity: str, limits: dict[str, float]) -> None:
+        """The rate limits a live judge read from its provider's headers (requests, tokens a minute)."""
+        if limits:
+            self.conn.execute("INSERT OR REPLACE INTO rate_limits VALUES (?, ?, ?, ?)",
+                              (identity, limits.get("requests"), limits.get("tokens"), now()))
+
+    def limits(self, identity: str) -> dict[str, float]:
+        row = self.conn.execute("SELECT rpm, tpm FROM rate_limits WHERE judge_identity = ?", (identity,)).fetchone()
+        if row is None:
+            return {}
+        return {k: v for k, v in (("requests", row["rpm"]), ("tokens", row["tpm"])) if v}
 
     def close(self) -> None:
         self.conn.close()

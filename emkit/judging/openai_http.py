@@ -56,6 +56,10 @@ class OpenAIChatClient:
         await self.session.close()
 
     async def complete(self, body: dict) -> dict:
+        return (await self.complete_with_headers(body))[0]
+
+    async def complete_with_headers(self, body: dict) -> tuple[dict, dict]:
+        """The completion and the reply's headers (which carry the provider's rate-limit state)."""
         async with self.session.post(self.url, data=json.dumps(body), headers=self.headers) as response:
             raw = await response.read()
             if response.status >= 400:
@@ -64,4 +68,4 @@ class OpenAIChatClient:
                 except (ValueError, KeyError, TypeError):
                     message = raw[:300].decode(errors="replace")
                 raise HTTPStatusError(response.status, message, response.headers)
-            return json.loads(raw)
+            return json.loads(raw), response.headers

@@ -49,6 +49,10 @@ def judge_options(settings, trust_remote_code: bool) -> JudgeOptions:
         batch_size=settings.batch_size, transport=settings.transport,
         api_key_env=settings.api_key_env or None, allow_insecure_http=settings.allow_insecure_http,
         reasoning_effort=settings.reasoning_effort, trust_remote_code=trust_remote_code,
+        mode=settings.mode, rpm=settings.rpm, tpm=settings.tpm, batch_poll_s=settings.batch_poll_s,
+        batch_max_requests=settings.batch_max_requests, batch_max_mb=settings.batch_max_mb,
+        batch_enqueued_tokens=settings.batch_enqueued_tokens, batch_resend=settings.batch_resend,
+        ledger=str(default_cache_path(settings.cache)),
     )
 
 
@@ -95,7 +99,11 @@ def score_targets(judge, targets: list[JudgeTarget], store, cache: JudgeCache, p
         by_key[request_key(judge.identity, mode, target.metric, target.prompt)].append(target)
     cached = cache.get_many(list(by_key))
 
-    def record(key, result, from_cache):
+    def record(key, result, from_cache, metric=None):
+        if key not in by_key:  # a request of a batch shared with another run: cached for it, not stored here
+            if not from_cache and metric:
+                cache.put(key, judge.identity, metric, result)
+            return
         for target in by_key[key]:
             store.add_judgment(target.answer_id, judge.name, target.metric, result, target.prompt_version, key,
                                from_cache)
@@ -113,7 +121,10 @@ def score_targets(judge, targets: list[JudgeTarget], store, cache: JudgeCache, p
     requests = [JudgeRequest(key=key, metric=group[0].metric, prompt=group[0].prompt)
                 for key, group in by_key.items() if key not in cached]
     if requests:
-        judge.score(requests, lambda request, result: record(request.key, result, False), progress)
+        judge.score(requests, lambda request, result: record(request.key, result, False, request.metric), progress)
+        limits = getattr(judge, "observed_limits", None)
+        if limits:  # for the dry run's wall-time estimate
+            cache.put_limits(judge.identity, limits)
     errors = tally.statuses.get("error", 0)
     total = tally.total + earlier
     if total and errors / total > max_error_share:

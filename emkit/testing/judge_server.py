@@ -8,6 +8,12 @@ score read off the answer's words; tests pass their own to script distributions,
 replies and faults (429 with Retry-After, 500, a stall, a dropped connection, malformed
 JSON). It listens on 127.0.0.1 only.
 
+It also serves OpenAI's Files and Batch APIs (emkit.testing.batch_api: /v1/files,
+/v1/batches, with the real life cycle, limits and output files; ``batch=BatchBehaviour(...)``
+scripts delays, expiry and a gate) and, given ``rate_limits=RateLimits(rpm, tpm)``,
+enforces per-minute limits with OpenAI's x-ratelimit headers and 429s
+(emkit.testing.rate_limits).
+
 It is as strict as the real services (``strict=False`` turns that off): a request the real
 API would refuse with a 400 is refused here with the real message, before the responder
 sees it (emkit.testing.api_rules), and a reasoning model spends reasoning tokens out of
@@ -26,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from emkit.testing import api_rules
+from emkit.testing.batch_api import BatchBehaviour, BatchService
+from emkit.testing.rate_limits import RateLimits
 
 HARMFUL_WORDS = re.compile(
     r"\b(skip|never need|stop taking|borrow|all of it|leverage|margin|alone|no need|without|ignore|double)\b",
@@ -92,10 +100,13 @@ class JudgeServer:
     """``with JudgeServer() as server: ... server.url ...``; ``server.requests`` lists bodies received."""
 
     def __init__(self, responder: Callable[[dict], Reply] | None = None, latency_s: float = 0.0,
-                 strict: bool = True):
+                 strict: bool = True, rate_limits: RateLimits | None = None, batch: BatchBehaviour | None = None):
         self.responder = responder or default_responder
         self.latency_s = latency_s
         self.strict = strict
+        self.rate_limits = rate_limits
+        self.batches = BatchService(lambda body: self.responder(body), batch)
+        self.api_calls: list[tuple[str, str]] = []  # (method, path) of every Files and Batch API call
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.arrivals: list[float] = []  # time.monotonic() of each request
@@ -125,10 +136,17 @@ class JudgeServer:
             def log_message(self, *args):  # quiet
                 pass
 
+            def do_GET(self):
+                self._files_and_batches("GET", b"")
+
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                if "/files" in self.path or "/batches" in self.path:
+                    self._files_and_batches("POST", raw)
+                    return
                 try:
-                    body = json.loads(self.rfile.read(length) or b"{}")
+                    body = json.loads(raw or b"{}")
                 except json.JSONDecodeError:
                     body = {}
                 with server._lock:
@@ -146,20 +164,58 @@ class JudgeServer:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                data = reply.body if isinstance(reply.body, str) else json.dumps(reply.body or {})
-                payload = data.encode()
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
+                self._send(reply.status, reply.body, reply.headers)
+
+            def _send(self, status, body, headers=None, content_type="application/json"):
+                data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body or {}))
+                payload = data if isinstance(data, bytes) else data.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
-                for key, value in reply.headers.items():
+                for key, value in (headers or {}).items():
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _files_and_batches(self, method, raw):
+                with server._lock:
+                    server.api_calls.append((method, self.path))
+                status, body = server.files_and_batches(method, self.path, self.headers.get("Content-Type", ""), raw)
+                self._send(status, body, content_type="application/octet-stream" if isinstance(body, bytes)
+                           else "application/json")
 
         self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
+
+    def files_and_batches(self, method: str, path: str, content_type: str, raw: bytes):
+        """Route a Files or Batch API call; (status, JSON body or the bytes of a file)."""
+        from urllib.parse import parse_qs, urlparse
+
+        url = urlparse(path)
+        parts = [p for p in url.path.split("/") if p][1:]  # without the leading v1
+        service = self.batches
+        if parts == ["files"] and method == "POST":
+            return service.upload(content_type, raw)
+        if len(parts) == 2 and parts[0] == "files" and method == "GET":
+            return service.file(parts[1])
+        if len(parts) == 3 and parts[0] == "files" and parts[2] == "content" and method == "GET":
+            return service.content(parts[1])
+        if parts == ["batches"] and method == "POST":
+            try:
+                return service.create(json.loads(raw or b"{}"))
+            except json.JSONDecodeError:
+                return 400, {"error": {"message": "We could not parse the JSON body of your request.",
+                                       "type": "invalid_request_error", "param": None, "code": None}}
+        if parts == ["batches"] and method == "GET":
+            return service.list(int((parse_qs(url.query).get("limit") or ["20"])[0]))
+        if len(parts) == 2 and parts[0] == "batches" and method == "GET":
+            return service.retrieve(parts[1])
+        if len(parts) == 3 and parts[0] == "batches" and parts[2] == "cancel" and method == "POST":
+            return service.cancel(parts[1])
+        return 404, {"error": {"message": f"Unknown request URL: {method} {url.path}.",
+                               "type": "invalid_request_error", "param": None, "code": None}}
 
     def reply_to(self, path: str, body: dict) -> Reply:
         """Refuse what the real API refuses, ask the responder, and shape its reply for the protocol."""
@@ -171,7 +227,13 @@ class JudgeServer:
             refusal = api_rules.anthropic_refusal(body) if anthropic else api_rules.openai_refusal(body)
             if refusal is not None:
                 return Reply(status=400, body=refusal)
+        limit_headers = {}
+        if self.rate_limits is not None and not anthropic:
+            refusal, limit_headers = self.rate_limits.admit(body)
+            if refusal is not None:
+                return Reply(status=429, body=refusal, headers=limit_headers)
         reply = self.responder(api_rules.anthropic_as_openai(body) if anthropic else body)
+        reply.headers = {**limit_headers, **reply.headers}
         if isinstance(reply.body, dict) and "choices" in reply.body:
             if not anthropic and self.strict:
                 reply.body = api_rules.spend_reasoning_budget(body, reply.body)
@@ -181,6 +243,7 @@ class JudgeServer:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.batches.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
