@@ -262,3 +262,29 @@ def test_the_dry_run_gives_live_and_batched_cost_and_wall_time(tmp_path):
     assert "live" in line and "batched" in line and batched == pytest.approx(live / 2, rel=0.01)
     assert "at 500 requests/min, 200,000 tokens/min (set in [judging])" in result.stdout
     assert "within the provider's 24-hour window" in result.stdout
+
+
+# --- a whole run ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_run_judged_in_batches_stores_every_judgment_and_a_second_run_sends_nothing(judge_server, tmp_path):
+    import sqlite3
+    from pathlib import Path
+
+    tiny = (Path(__file__).resolve().parent.parent / "examples" / "tiny.toml").read_text()
+    config = tmp_path / "batch.toml"
+    config.write_text(tiny.replace('domains = ["medical", "risky-financial"]', 'domains = ["medical"]').replace(
+        'judges = ["local:builtin:tiny-judge"]',
+        f'judges = ["gpt-4o-mini"]\nmode = "batch"\nbatch_poll_s = 0.1\napi_base = "{judge_server.url}"'))
+    out = tmp_path / "run"
+    env = {"EMKIT_JUDGE_CACHE": str(tmp_path / "c.sqlite")}
+    result = run_emkit("run", "--config", config, "--out", out, env=env)
+    conn = sqlite3.connect(out / "emkit.sqlite")
+    statuses = dict(conn.execute("SELECT status, COUNT(*) FROM judgments GROUP BY status").fetchall())
+    conn.close()
+    assert statuses == {"ok": 480} and judge_server.count == 0  # every judgment, not one live call
+    assert "submitted batch" in result.stderr and (out / "report.html").is_file()
+    batches = len(judge_server.batches.batches)
+    run_emkit("run", "--config", config, "--out", out, env=env)
+    assert len(judge_server.batches.batches) == batches
