@@ -31,14 +31,16 @@ MARGIN = 0.97
 
 
 def parse_reset(value) -> float | None:
-    """A reset time in seconds: OpenAI's "6m0s", "1.5s", "120ms"; a plain number; an RFC 3339 time (Anthropic)."""
+    """A reset time in seconds: OpenAI's "6m0s", "1.5s", "120ms"; an RFC 3339 time (Anthropic); or what
+    Retry-After holds (seconds, an HTTP date)."""
+    from emkit.judging.api import parse_retry_after
+
     if value is None:
         return None
     text = str(value).strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
+    plain = parse_retry_after(text)
+    if plain is not None:
+        return plain
     parts = _DURATION.findall(text)
     if parts and "".join(n + u for n, u in parts) == text:
         scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
