@@ -195,6 +195,13 @@ def test_a_batch_the_provider_refuses_for_its_token_limit_waits_and_goes_again(j
     assert "failed" in statuses and statuses.count("completed") >= 2
 
 
+def test_a_server_without_a_batch_api_is_one_sentence(judge_server, tmp_path):
+    judge_server.files_and_batches = lambda *args: (404, {"error": {"message": "Not Found"}})
+    with pytest.raises(Exception, match=r'^gpt-4o-mini takes no batch files here \(NotFoundError: .*\); judge live '
+                                        r'with judging.mode = "live" \(--judge-mode live\).$'):
+        judge_with(judge_server, tmp_path / "l.sqlite", mode="batch")
+
+
 # --- live pacing ----------------------------------------------------------------------------
 
 
@@ -207,8 +214,7 @@ def paced_run(server, n, **options):
 
 
 def test_live_calls_paced_by_the_headers_meet_no_429(judge_server_factory):
-    server = judge_server_factory()
-    server.rate_limits = RateLimits(rpm=600)  # 600 at once, then 10 a second
+    server = judge_server_factory(rate_limits=RateLimits(rpm=600))  # 600 at once, then 10 a second
     start = time.monotonic()
     judge, results = paced_run(server, 700)
     assert len(results) == 700 and {r.status for r in results.values()} == {"ok"}

@@ -143,6 +143,7 @@ class BatchRun:
     scoring: str = "logprobs"
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     batches: list[_Batch] = field(default_factory=list)
+    ledger_has_files: bool = False  # an upload has worked: a later failure is a passing fault
 
     async def run(self, requests: list[JudgeRequest], on_result, bar) -> None:
         by_key = {r.key: r for r in requests}
@@ -155,6 +156,7 @@ class BatchRun:
                 by_key.pop(key, None)
             log.info("judge %s: batch %s (%s requests) is already at the provider; polling it, not sending it again",
                      self.judge_name, batch.batch_id or batch.file_id, f"{len(batch.requests):,}")
+        self.ledger_has_files = bool(self.batches)
         if by_key:
             waiting.extend((chunk, 1) for chunk in self._chunks(list(by_key.values())))
         delivered: set[str] = set()
@@ -251,12 +253,35 @@ class BatchRun:
                 left.append((chunk, attempt))
                 continue
             data = b"".join(self._line(r) for r in chunk)
-            file_id = await self.api.upload(f"emkit-{self.identity.split('@')[0].split(':')[-1]}.jsonl", data)
+            file_id = await self._upload(data)
+            self.ledger_has_files = True
             self.ledger.add_file(file_id, self.identity, chunk, tokens, attempt)
             batch = _Batch(file_id, {r.key: r.metric for r in chunk}, tokens, attempt)
             self.batches.append(batch)
             await self._start(batch, adopt=False)
         return left
+
+    async def _upload(self, data: bytes) -> str:
+        """The file's id; a failing upload is tried three times, then ends the command in one sentence."""
+        from emkit.errors import EmkitError
+        from emkit.secrets import redact
+
+        name = f"emkit-{self.identity.split('@')[0].split(':')[-1]}.jsonl"
+        for attempt in range(3):
+            try:
+                return await self.api.upload(name, data)
+            except Exception as exc:
+                error = exc
+                if getattr(exc, "status_code", None) in (400, 401, 403, 404):
+                    break  # refused, not a passing fault
+                await self.sleep(2.0 ** attempt)
+        first = redact(str(error).splitlines()[0] if str(error) else "")[:300]
+        if not self.ledger_has_files:
+            raise EmkitError(f"{self.judge_name} takes no batch files here ({type(error).__name__}: {first}); judge "
+                             f"live with judging.mode = \"live\" (--judge-mode live).") from None
+        raise EmkitError(f"Uploading a batch file for {self.judge_name} failed three times ({type(error).__name__}: "
+                         f"{first}); the batches already sent are recorded, so running the same command again "
+                         f"polls them and sends only the rest.") from None
 
     async def _start(self, batch: _Batch, adopt: bool = True) -> None:
         found = await self.api.find(batch.file_id) if adopt else None

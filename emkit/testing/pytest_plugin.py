@@ -34,8 +34,9 @@ def judge_server_factory():
 
     servers = []
 
-    def make(responder=None, latency_s: float = 0.0):
-        server = JudgeServer(responder=responder, latency_s=latency_s).start()
+    def make(responder=None, latency_s: float = 0.0, **options):
+        """``options``: JudgeServer's others, e.g. rate_limits=RateLimits(rpm=500), batch=BatchBehaviour(...)."""
+        server = JudgeServer(responder=responder, latency_s=latency_s, **options).start()
         servers.append(server)
         return server
 
