@@ -15,6 +15,14 @@ INSTALL_HINT = "pip install 'emkit[unsloth]' on a machine with an NVIDIA GPU, or
 
 
 def _import_unsloth():
+    import os
+
+    from emkit.locations import cache_dir
+
+    # Unsloth writes the modules it generates to ./unsloth_compiled_cache, in whatever folder emkit
+    # was started from (unsloth_zoo's default, on a GPU); in emkit's cache they leave the user's folder alone and are
+    # found again by the next unit and run.
+    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(cache_dir() / "unsloth_compiled_cache"))
     try:
         import unsloth  # noqa: F401  (must precede transformers for its patches to apply)
         from unsloth import FastLanguageModel

@@ -21,6 +21,19 @@ def test_a_missing_unsloth_is_one_sentence_saying_what_to_install(monkeypatch):
         _import_unsloth()
 
 
+def test_unsloth_writes_its_generated_modules_to_emkits_cache(monkeypatch, tmp_path):
+    import os
+    import types
+
+    fake = types.ModuleType("unsloth")
+    fake.FastLanguageModel = object
+    monkeypatch.setitem(sys.modules, "unsloth", fake)
+    monkeypatch.setenv("EMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("UNSLOTH_COMPILE_LOCATION", raising=False)
+    _import_unsloth()
+    assert os.environ["UNSLOTH_COMPILE_LOCATION"] == str(tmp_path / "cache" / "unsloth_compiled_cache")
+
+
 def test_the_command_line_says_it_too(tmp_path):
     code = "import sys; sys.modules['unsloth'] = None; from emkit.cli import main; main()"
     import os
