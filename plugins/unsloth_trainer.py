@@ -20,8 +20,8 @@ def _import_unsloth():
     from emkit.locations import cache_dir
 
     # Unsloth writes the modules it generates to ./unsloth_compiled_cache, in whatever folder emkit
-    # was started from (unsloth_zoo's default, on a GPU); in emkit's cache they leave the user's folder alone and are
-    # found again by the next unit and run.
+    # was started from (unsloth_zoo's default, on a GPU); in emkit's cache they leave the user's
+    # folder alone and are found again by the next unit and run.
     os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(cache_dir() / "unsloth_compiled_cache"))
     try:
         import unsloth  # noqa: F401  (must precede transformers for its patches to apply)
