@@ -144,6 +144,24 @@ def test_a_batch_made_but_never_recorded_is_found_by_its_file(judge_server, tmp_
     assert len(judge_server.batches.batches) == 1 and api_calls(judge_server, "POST", "/v1/files") == 1
 
 
+def test_a_resumed_batch_that_expired_sends_what_it_left_with_the_real_prompts(judge_server, tmp_path, monkeypatch):
+    judge_server.batches.behaviour = BatchBehaviour(expire_after=5)
+    original = LiteLLMBatchAPI.retrieve
+
+    async def killed_while_polling(self, batch_id):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LiteLLMBatchAPI, "retrieve", killed_while_polling)
+    with pytest.raises(KeyboardInterrupt):
+        judge_with(judge_server, tmp_path / "l.sqlite", mode="batch")
+    monkeypatch.setattr(LiteLLMBatchAPI, "retrieve", original)
+    results = judge_with(judge_server, tmp_path / "l.sqlite", mode="batch", batch_resend="live")
+    assert len(results) == 12 and {r.status for r in results.values()} == {"ok"}
+    assert len(judge_server.batches.batches) == 1 and judge_server.count == 7
+    sent = {body["messages"][0]["content"] for body in judge_server.requests}
+    assert sent <= {r.prompt for r in REQUESTS}  # the real prompts: the ledger holds only keys and metrics
+
+
 @pytest.mark.parametrize("resend", ["batch", "live"])
 def test_an_expired_batch_has_what_it_left_undone_sent_again(judge_server, tmp_path, resend):
     judge_server.batches.behaviour = BatchBehaviour(expire_after=5)

@@ -146,7 +146,8 @@ class BatchRun:
     ledger_has_files: bool = False  # an upload has worked: a later failure is a passing fault
 
     async def run(self, requests: list[JudgeRequest], on_result, bar) -> None:
-        by_key = {r.key: r for r in requests}
+        mine = {r.key: r for r in requests}  # what this command asked for, with its prompts
+        by_key = dict(mine)  # of those, what no batch in flight holds yet
         waiting: list[tuple[list[JudgeRequest], int]] = []  # chunks not yet uploaded, with their attempt
         for entry in self.ledger.in_flight(self.identity, list(by_key)):
             batch = _Batch(entry["file_id"], entry["keys"], entry["tokens"], entry["attempt"], entry["batch_id"],
@@ -160,7 +161,7 @@ class BatchRun:
         if by_key:
             waiting.extend((chunk, 1) for chunk in self._chunks(list(by_key.values())))
         delivered: set[str] = set()
-        self._mine = {r.key for r in requests}
+        self._mine = set(mine)
         rounds_left = self.limits.max_rounds
         failures = 0
         last_report = 0.0
@@ -187,7 +188,7 @@ class BatchRun:
                              self.judge_name, batch.batch_id, batch.status, f"{counts[0]:,}", f"{counts[2]:,}",
                              f"{counts[1]:,}")
                 if batch.status in FINAL:
-                    again, full = await self._collect(batch, info, by_key, on_result, bar, delivered)
+                    again, full = await self._collect(batch, info, mine, on_result, bar, delivered)
                     self.ledger.collected(batch.file_id, batch.status)
                     if full:  # refused for the enqueued-token limit: the same requests wait for room
                         waiting.extend(self._after_token_refusal(batch, again, on_result, bar, delivered))
@@ -323,13 +324,15 @@ class BatchRun:
         if request.key in self._mine:
             bar.update()
 
-    async def _collect(self, batch: _Batch, info: dict, by_key, on_result, bar,
+    async def _collect(self, batch: _Batch, info: dict, mine, on_result, bar,
                        delivered) -> tuple[list[JudgeRequest], bool]:
         """Turn a finished batch into judgments; return the requests to send again, and whether the
-        provider refused the whole batch for its enqueued-token limit (then they go as they were)."""
+        provider refused the whole batch for its enqueued-token limit (then they go as they were).
+        Only this command's own requests are sent again: one of a batch shared with another run is
+        left to that run, which finds the batch collected and sends it itself."""
         def request_for(key: str) -> JudgeRequest:
             # a request of this batch that this command did not ask for (another run's): cached all the same
-            return by_key.get(key) or JudgeRequest(key=key, metric=batch.requests[key], prompt="")
+            return mine.get(key) or JudgeRequest(key=key, metric=batch.requests[key], prompt="")
 
         errors = ((info.get("errors") or {}).get("data")) or []
         if info.get("status") == "failed":
@@ -337,7 +340,7 @@ class BatchRun:
             if codes & TOKEN_LIMIT_CODES:
                 log.info("judge %s: batch %s waits: the provider's enqueued-token limit is full", self.judge_name,
                          batch.batch_id)
-                return [request_for(k) for k in batch.requests], True
+                return [mine[k] for k in batch.requests if k in mine], True
             message = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors[:3]) or "the batch failed"
             for key in batch.requests:
                 self._deliver(request_for(key), JudgeResult(score=None, status="error", scoring=self.scoring,
@@ -364,13 +367,13 @@ class BatchRun:
                     self._deliver(request_for(key), self.parse(body), on_result, bar, delivered)
                     continue
                 if status is None:  # never run: the batch expired or was cancelled first
-                    again.append(request_for(key))
+                    again.extend([mine[key]] if key in mine else [])
                     continue
                 failure = self.classify(status, body)
                 if failure.retry:
-                    again.append(request_for(key))
+                    again.extend([mine[key]] if key in mine else [])
                 else:
                     self._deliver(request_for(key), JudgeResult(score=None, status="error", scoring=self.scoring,
                                                                 error=failure.message), on_result, bar, delivered)
-        again.extend(request_for(k) for k in batch.requests if k not in seen)
+        again.extend(mine[k] for k in batch.requests if k not in seen and k in mine)
         return again, False
