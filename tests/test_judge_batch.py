@@ -174,6 +174,13 @@ def test_an_expired_batch_has_what_it_left_undone_sent_again(judge_server, tmp_p
         assert statuses == ["completed", "expired", "expired"] and judge_server.count == 0
 
 
+def test_batches_that_keep_expiring_end_in_errors_not_forever(judge_server, tmp_path):
+    judge_server.batches.behaviour = BatchBehaviour(expire_after=0)  # the window runs out before anything runs
+    results = judge_with(judge_server, tmp_path / "l.sqlite", mode="batch", max_retries=2)
+    assert {r.status for r in results.values()} == {"error"} and len(results) == 12
+    assert len(judge_server.batches.batches) == 3  # the first and two resends
+
+
 def test_errors_inside_a_batch_are_handled_as_live_errors_are(judge_server_factory, tmp_path):
     busy_once = set()
 

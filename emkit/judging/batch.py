@@ -162,7 +162,6 @@ class BatchRun:
             waiting.extend((chunk, 1) for chunk in self._chunks(list(by_key.values())))
         delivered: set[str] = set()
         self._mine = set(mine)
-        rounds_left = self.limits.max_rounds
         failures = 0
         last_report = 0.0
         while waiting or any(b.status not in FINAL or b.batch_id is None for b in self.batches):
@@ -193,8 +192,7 @@ class BatchRun:
                     if full:  # refused for the enqueued-token limit: the same requests wait for room
                         waiting.extend(self._after_token_refusal(batch, again, on_result, bar, delivered))
                     elif again:
-                        rounds_left -= 1
-                        if rounds_left < 0 or batch.attempt > self.limits.max_rounds:
+                        if batch.attempt > self.limits.max_rounds:  # sent in this many batches already
                             for request in again:
                                 self._deliver(request, JudgeResult(score=None, status="error", scoring=self.scoring,
                                               error="still not done after every batch resend"), on_result, bar,
