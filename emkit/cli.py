@@ -526,10 +526,13 @@ def main(argv=None) -> None:
     from emkit.logs import setup_console
 
     setup_console()
+    interrupted = _watch_ctrl_c()
     try:
         if _plugin_error is not None:
             raise _plugin_error
         cli.main(args=argv, prog_name="emkit", standalone_mode=False)
+        if interrupted:  # a library swallowed the KeyboardInterrupt (one raised inside a __del__ is)
+            _interrupted()
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -545,6 +548,24 @@ def main(argv=None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _interrupted()
+
+
+def _watch_ctrl_c() -> list:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered: a run whose interrupt was
+    swallowed on its way up still ends with the message and exit code 130."""
+    import signal
+
+    seen: list = []
+
+    def on_sigint(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread (emkit called from a thread): Python's own handler stays
+        pass
+    return seen
 
 
 def _interrupted():

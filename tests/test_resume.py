@@ -107,7 +107,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     env = {"EMKIT_JUDGE_CACHE": str(tmp_path / "c.sqlite")}
     seen, code, stderr = signal_when(start(out, env), out, lambda c: c["answers"] >= 40, sig=signal.SIGINT)
-    assert code == 130
+    assert code == 130, stderr[-3000:]
     assert "Interrupted. Everything finished so far is saved; run the same command again to resume." in stderr
     assert "Traceback" not in stderr
     after = counts(out)
