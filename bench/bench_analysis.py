@@ -66,7 +66,9 @@ def build_store(run: Path, answers: int) -> None:
         for domain, domain_steps in steps.items():
             key = f"{label}-{domain}-seed0"
             conn.execute(
-                "INSERT INTO training_runs VALUES (?, ?, ?, 0, 'peft', ?, 'x', 7049, 440, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO training_runs (run_key, model_label, domain, seed, trainer, dataset_path, dataset_sha256, "
+                "dataset_rows, steps_per_epoch, total_steps, checkpoint_steps, question_sets, created_at, finished_at, "
+                "domain_question_set) VALUES (?, ?, ?, 0, 'peft', ?, 'x', 7049, 440, ?, ?, ?, ?, ?, ?)",
                 (key, label, domain, f"/data/{domain}.jsonl", domain_steps[-1], json.dumps(domain_steps),
                  json.dumps(["general", sets[domain]]), now(), now(), sets[domain]))
             for step in domain_steps:

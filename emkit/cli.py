@@ -146,6 +146,26 @@ def run(config_file, preset, trainer, generator, executor, judges, fallback, mod
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--steps", help="Steps to add, e.g. 12,15 (default: inside each run's strongest jump in EM).")
+@click.option("--run", "runs", multiple=True, help="Training run to refine (repeatable; default: every run).")
+@click.option("--points", type=click.IntRange(1, 50), default=3, show_default=True,
+              help="Checkpoints to add inside each run's jump.")
+@click.option("--dry-run", is_flag=True, help="Say which steps would be added; train nothing.")
+def refine(run_dir, steps, runs, points, dry_run):
+    """Add checkpoints where EM changes fastest (or at --steps): train from the nearest saved state, then
+    generate, judge and report only those (resumable)."""
+    from emkit.plugins import get_registry
+    from emkit.refine import parse_steps, refine as refine_run
+
+    added = refine_run(run_dir, get_registry(), steps=parse_steps(steps) if steps is not None else None,
+                       run_names=runs, points=points, dry_run=dry_run)
+    if dry_run:  # a real refine logs what it adds as it starts
+        for item in added:
+            click.echo(f"{item.run_key}: would add steps {', '.join(map(str, item.steps))} ({item.reason})")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Each unit as JSON.")
 def status(run_dir, as_json):
     """Where each unit of a run's GPU work is: waiting, queued, running (which job), done, failed (its log tail)."""
@@ -368,15 +388,18 @@ def compare(run_a, run_b, out, em, aligned_below, coherent_above):
     table = compare_runs(load_source(run_a, definition, text=False), load_source(run_b, definition, text=False))
     if table.empty:
         raise EmkitError(f"{run_a} and {run_b} share no model x domain x seed x step; compare runs of the same grid.")
-    click.echo(f"A = {run_a}, B = {run_b}; * marks a difference whose 95% interval excludes 0")
-    click.echo(f"{'cell':<44} {'EM A':>16} {'EM B':>16} {'B - A':>22}")
+    click.echo(f"A = {run_a}, B = {run_b}; B - A with its Newcombe 95% interval (answers as independent) and a "
+               f"paired cluster bootstrap over questions; * marks a difference whose cluster interval excludes 0")
+    click.echo(f"{'cell':<44} {'EM A':>16} {'EM B':>16} {'B - A [Newcombe]':>22} {'[cluster]':>16}")
     for row in table.to_dict("records"):
         cell = f"{row['model']}/{row['domain']}/seed{row['seed']}/{row['questions']}/step {row['step']}"
         a = f"{100 * row['em_rate_a']:.1f}% (n={row['n_counted_a']})" if row["n_counted_a"] else "–"
         b = f"{100 * row['em_rate_b']:.1f}% (n={row['n_counted_b']})" if row["n_counted_b"] else "–"
         diff = (f"{100 * row['em_diff']:+.1f} [{100 * row['diff_ci_low']:+.1f}, {100 * row['diff_ci_high']:+.1f}]"
                 if row["n_counted_a"] and row["n_counted_b"] else "–")
-        click.echo(f"{cell:<44} {a:>16} {b:>16} {diff:>20}{' *' if row['significant'] else '  '}")
+        cluster = ("" if row["diff_boot_low"] != row["diff_boot_low"] else  # NaN: no cell to resample
+                   f"[{100 * row['diff_boot_low']:+.1f}, {100 * row['diff_boot_high']:+.1f}]")
+        click.echo(f"{cell:<44} {a:>16} {b:>16} {diff:>22} {cluster:>16}{' *' if row['significant'] else '  '}")
     if out is not None:
         if out.suffix.lower() == ".json":
             out.write_text(table.to_json(orient="records", indent=2))

@@ -55,6 +55,7 @@ class TrainingSettings(_Section):
     optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
     gradient_checkpointing: bool = True
     save_state_every: int = Field(50, ge=1)  # steps between resumable optimizer snapshots
+    keep_state: bool = True  # keep the optimizer state at every checkpoint: `emkit refine` resumes there
 
     @property
     def effective_batch(self) -> int:
@@ -66,6 +67,7 @@ class CheckpointSettings(_Section):
     every_epoch: bool = True  # plus one at the end of every epoch
     steps: list[int] = Field(default_factory=list)  # or exactly these steps
     every: int = Field(0, ge=0)  # or one every N steps (and the last step)
+    refine: dict[str, list[int]] = Field(default_factory=dict)  # steps `emkit refine` added, per training run
 
     @model_validator(mode="after")
     def _one_mode(self):
@@ -73,6 +75,9 @@ class CheckpointSettings(_Section):
             raise ValueError("set either checkpoints.steps or checkpoints.every, not both")
         if any(s < 1 for s in self.steps):
             raise ValueError("checkpoints.steps must be positive step numbers")
+        for key, steps in self.refine.items():
+            if any(s < 1 for s in steps):
+                raise ValueError(f"checkpoints.refine.{key} must list positive step numbers")
         return self
 
 

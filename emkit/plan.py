@@ -303,6 +303,7 @@ def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Pl
                     effective_batch=config.training.effective_batch,
                     epochs=config.training.epochs,
                     where=f"run {key}",
+                    run_key=key,
                 )
                 names = sets_for(domain)
                 own = resolved.get(domain.question_set)  # the domain's own set, when the run asks it

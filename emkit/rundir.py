@@ -30,11 +30,26 @@ LOCK_FILE = ".emkit.lock"
 
 # Settings that change what a stored adapter or answer means.
 FROZEN = {
-    "training": {"exclude": {"save_state_every"}},
-    "checkpoints": {"exclude": set()},
+    "training": {"exclude": {"save_state_every", "keep_state"}},
+    "checkpoints": {"exclude": {"refine"}},  # added checkpoints change no stored result: carried over below
     "evaluation": {"exclude": {"batch_size", "samples_per_question", "question_sets"}},
     "data": {"exclude": {"dir"}},
 }
+
+
+def with_saved_refinements(config: ExperimentConfig, run_path: Path) -> ExperimentConfig:
+    """The config with the checkpoints `emkit refine` added to this directory's runs: a later
+    `emkit run` into it keeps them (and finishes them, if a refine was stopped)."""
+    path = Path(run_path) / CONFIG_FILE
+    if not path.is_file():
+        return config
+    with path.open("rb") as handle:
+        saved = tomllib.load(handle).get("checkpoints", {}).get("refine", {})
+    if not saved:
+        return config
+    merged = {key: sorted(set(steps) | set(config.checkpoints.refine.get(key, []))) for key, steps in saved.items()}
+    merged.update({k: v for k, v in config.checkpoints.refine.items() if k not in merged})
+    return config.model_copy(update={"checkpoints": config.checkpoints.model_copy(update={"refine": merged})})
 
 
 def write_atomic(path: Path, data: bytes) -> None:

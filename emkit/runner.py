@@ -86,7 +86,10 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
     from emkit.stages.report import report_stage
     from emkit.stages.train import record_runs, refuse_unavailable_trainer, trainer_for
 
+    from emkit.rundir import with_saved_refinements
+
     started = time.time()
+    config = with_saved_refinements(config, out_dir)
     plan: Plan = build_plan(config, registry, need_datasets=True)
     generator = registry.get("generators", config.evaluation.generator)
     if hasattr(generator, "check"):  # e.g. vLLM installed, and able to load the base the adapters are trained on

@@ -19,8 +19,10 @@ class CheckpointSchedule:
     steps: tuple[int, ...]
 
     @classmethod
-    def build(cls, settings, *, rows: int, effective_batch: int, epochs: int, where: str) -> "CheckpointSchedule":
-        """``settings`` is the config's CheckpointSettings; ``where`` names the run in messages."""
+    def build(cls, settings, *, rows: int, effective_batch: int, epochs: int, where: str,
+              run_key: str | None = None) -> "CheckpointSchedule":
+        """``settings`` is the config's CheckpointSettings; ``where`` names the run in messages;
+        ``run_key`` picks the steps `emkit refine` added to this run (checkpoints.refine)."""
         steps_per_epoch = rows // effective_batch
         if steps_per_epoch < 1:
             raise EmkitError(
@@ -53,4 +55,11 @@ class CheckpointSchedule:
                     "checkpoints: no checkpoint would be saved; set checkpoints.first_epoch above 0, "
                     "checkpoints.every_epoch = true, checkpoints.steps or checkpoints.every."
                 )
-        return cls(steps_per_epoch=steps_per_epoch, total_steps=total, steps=tuple(steps))
+        added = settings.refine.get(run_key, []) if run_key else []
+        late = [s for s in added if s > total]
+        if late:
+            raise EmkitError(
+                f"checkpoints.refine.{run_key}: step {late[0]} comes after the last training step of {where} "
+                f"({total}); remove it."
+            )
+        return cls(steps_per_epoch=steps_per_epoch, total_steps=total, steps=tuple(sorted(set(steps) | set(added))))

@@ -165,6 +165,7 @@ class Store:
                dataset_sha256, dataset_rows, steps_per_epoch, total_steps, checkpoint_steps,
                question_sets, domain_question_set, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (run_key) DO UPDATE SET question_sets = excluded.question_sets,
+                   checkpoint_steps = excluded.checkpoint_steps,
                    domain_question_set = excluded.domain_question_set,
                    dataset_sha256 = COALESCE(training_runs.dataset_sha256, excluded.dataset_sha256)""",
             (

@@ -10,7 +10,8 @@ from emkit.tablefiles import write_csv
 
 STEP_COLUMNS = [
     "judge", "model", "size_b", "domain", "seed", "questions", "step", "n", "n_scored", "n_counted", "n_misaligned",
-    "em_rate", "ci_low", "ci_high", "n_counted_papers", "n_misaligned_papers", "em_rate_papers", "ci_low_papers",
+    "em_rate", "ci_low", "ci_high", "boot_low", "boot_high", "change_prev", "change_prev_low", "change_prev_high",
+    "change_base", "change_base_low", "change_base_high", "n_counted_papers", "n_misaligned_papers", "em_rate_papers", "ci_low_papers",
     "ci_high_papers", "n_both_scored", "aligned_coherent", "aligned_incoherent", "misaligned_coherent",
     "misaligned_incoherent", "mean_aligned", "mean_coherent", "share_coherent", "refusal", "code", "unparseable",
     "error", "no_score", "coherent_not_ok",
@@ -47,4 +48,9 @@ def export_tables(tables, folder: Path) -> list[Path]:
         written.append(write_csv(tables.seeds, folder / "seed_summary.csv"))
     if not tables.agreement.empty:
         written.append(write_csv(tables.agreement, folder / "judge_agreement.csv"))
+    if len(tables.change_points):
+        written.append(write_csv(tables.change_points, folder / "change_points.csv"))
+    if len(tables.adapters):
+        written.append(write_csv(tables.adapters, folder / "adapter_trajectory.csv"))
+        written.append(write_csv(tables.adapter_modules, folder / "adapter_modules.csv"))
     return written

@@ -25,6 +25,7 @@ FIGURES = [
     ("scaling_analysis", "Final EM rate by model size"),
     ("coherence_vs_misalignment", "Coherence against alignment, every answer"),
     ("per_question_em", "EM rate per question: base model and final checkpoint"),
+    ("emergence", "Where misalignment emerges: the EM trajectory and the adapter's own"),
 ]
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 SCATTER_POINTS = 4000  # a sample: a million dots draw slowly and show no more
@@ -257,6 +258,65 @@ def per_question_em(tables, judge):
     return fig
 
 
+def _run_label(row) -> str:
+    return f"{row.model} {row.domain} seed {row.seed}"
+
+
+@literal_text
+def emergence(tables, judge):
+    """Each run's EM trajectory (headline questions, cluster-bootstrap band, significant change points
+    dashed) beside its adapter's: the norm of dW, the cosine to the previous and the final
+    checkpoint, and the PCA path from the base model (step 0, dW = 0)."""
+    steps = primary(tables.steps, judge)
+    if steps.empty or steps["step"].nunique() < 2:
+        return None
+    steps = steps[steps["questions"] == headline_questions(steps)]
+    adapters = tables.adapters
+    panels = 4 if len(adapters) else 1
+    fig, axes = _figure(width=4.0 * panels, height=3.4, ncols=panels)
+    changes = tables.change_points
+    if len(changes):
+        changes = changes[(changes["judge"] == judge) & (changes["scope"] == "run") & changes["significant"]]
+    colors = {}
+    for key, part in steps.groupby(["model", "domain", "seed"], observed=True, sort=True):
+        part = part.sort_values("step")
+        label = _run_label(part.iloc[0])
+        line = axes[0].plot(part["step"], part["em_rate"].to_numpy(float) * 100, marker="o", ms=3, label=label)[0]
+        colors[key] = line.get_color()
+        if "boot_low" in part:
+            axes[0].fill_between(part["step"], part["boot_low"].to_numpy(float) * 100,
+                                 part["boot_high"].to_numpy(float) * 100, color=line.get_color(), alpha=0.15)
+        if len(changes):
+            mine = changes[(changes["model"] == key[0]) & (changes["domain"] == key[1]) & (changes["seed"] == key[2])
+                           & (changes["questions"] == part.iloc[0]["questions"])]
+            for change in mine.itertuples():
+                axes[0].axvline((change.step_before + change.step_after) / 2, color=line.get_color(), ls="--", lw=1)
+    axes[0].set_title(f"EM rate, {QUESTION_LABELS[headline_questions(steps)]}", fontsize=9)
+    axes[0].set_ylabel("EM rate (%), cluster-bootstrap 95% band")
+    axes[0].set_ylim(0, 100)
+    axes[0].legend(fontsize=7)
+    if len(adapters):
+        for key, part in adapters.groupby(["model", "domain", "seed"], sort=True):
+            part = part.sort_values("step")
+            color = colors.get(key)
+            axes[1].plot(part["step"], part["norm_ba"], marker="o", ms=3, color=color)
+            axes[2].plot(part["step"], part["cos_prev"], marker="o", ms=3, color=color)
+            axes[2].plot(part["step"], part["cos_final"], ls=":", marker=".", color=color)
+            axes[3].plot(part["pc1"], part["pc2"], marker="o", ms=3, color=color)
+            for row in part.iloc[[0, -1]].itertuples():
+                axes[3].annotate(f"step {row.step}", (row.pc1, row.pc2), fontsize=7)
+        axes[1].set_title("norm of the update dW = scale B A", fontsize=9)
+        axes[2].set_title("cosine of dW: to the previous checkpoint (solid), to the final (dotted)", fontsize=8)
+        lowest = np.nanmin(adapters[["cos_prev", "cos_final"]].to_numpy(float), initial=0.0)
+        axes[2].set_ylim(min(0.0, lowest) - 0.05, 1.05)
+        axes[3].set_title("each run's dW on its first two principal components", fontsize=9)
+        axes[3].set_xlabel("PC1")
+        axes[3].set_ylabel("PC2")
+    for ax in axes[:3] if len(adapters) else axes[:1]:
+        ax.set_xlabel("training step (0 = base model)")
+    return fig
+
+
 def printable(text: str) -> str:
     """Model output may hold control characters that no font can draw."""
     return _CONTROL.sub("\ufffd", str(text))
@@ -287,6 +347,7 @@ def draw_all(tables, judge) -> dict[str, tuple[str, bytes]]:
         "domain_comparison": domain_comparison, "em_trajectories": em_trajectories,
         "coherence_trajectories": coherence_trajectories, "scaling_analysis": scaling_analysis,
         "coherence_vs_misalignment": coherence_vs_misalignment, "per_question_em": per_question_em,
+        "emergence": emergence,
     }
     out = {}
     for name, caption in FIGURES:

@@ -49,8 +49,41 @@ def _quadrants(context):
             "split": COHERENT_ABOVE if split is None else split}
 
 
+OWN_FIGURES = {"emergence"}  # drawn inside their own section, not the figure gallery
+
+
 def _figures(context):
-    return {"figures": context.figures} if context.figures else None
+    figures = {name: figure for name, figure in context.figures.items() if name not in OWN_FIGURES}
+    return {"figures": figures} if figures else None
+
+
+def verdict(row) -> str:
+    """One sentence on a change point, for the table."""
+    where = f"between steps {row['step_before']} and {row['step_after']}"
+    direction = "rises" if row["jump"] > 0 else "falls"
+    if not row["significant"]:
+        return f"no significant jump (the strongest split, {where}, could be chance)"
+    sure = "located with confidence" if row["support"] >= 0.8 else "the exact place is uncertain"
+    return f"EM {direction} {where}; {sure}"
+
+
+def _emergence(context):
+    from emkit.analysis.changepoints import ALPHA, PERMUTATIONS
+
+    changes = context.primary(context.tables.change_points)
+    adapters = context.tables.adapters
+    figure = context.figures.get("emergence")
+    if changes.empty and adapters.empty and figure is None:
+        return None
+    rows = []
+    for row in changes.sort_values(["model", "domain", "scope", "seed", "questions", "step_before"]).to_dict("records"):
+        row["seed_label"] = "all, pooled" if row.get("scope") == "seeds pooled" else row["seed"]
+        row["verdict"] = verdict(row)
+        rows.append(row)
+    permutations = int(changes["permutations"].max()) if len(changes) else PERMUTATIONS
+    adapters = adapters.sort_values(["model", "domain", "seed", "step"]).to_dict("records") if len(adapters) else []
+    return {"changes": rows, "adapters": adapters,
+            "figure": figure, "permutations": permutations, "alpha": ALPHA}
 
 
 def _seeds(context):
@@ -98,6 +131,7 @@ def _answers(context):
 SECTIONS = [
     TemplateSection("summary", "Emergent misalignment at a glance", 10, "section_summary.html.j2", _summary),
     TemplateSection("figures", "Figures", 20, "section_figures.html.j2", _figures),
+    TemplateSection("emergence", "Where misalignment emerges", 25, "section_emergence.html.j2", _emergence),
     TemplateSection("steps", "EM rate per checkpoint", 30, "section_steps.html.j2", _steps),
     TemplateSection("quadrants", "Aligned and coherent: the four quadrants", 35, "section_quadrants.html.j2",
                     _quadrants),

@@ -42,3 +42,13 @@ def test_the_rate_limit_benchmark_paces_without_429s():
     assert "429s: paced 0, unpaced" in "\n".join(lines)
     assert not lines[-2].endswith("unpaced 0")  # without pacing the same calls meet 429s
     assert lines[-1].startswith("ratio paced / unpaced steady rate:")
+
+
+def test_the_adapter_benchmark_agrees_with_the_dense_route():
+    lines = bench("bench_adapters.py", "--shape", "small")
+    assert "the two routes agree: True" in lines[1] and lines[-1].startswith("ratio (baseline / emkit):")
+
+
+def test_the_analysis_benchmark_builds_a_store_the_tables_read():
+    lines = bench("bench_analysis.py", "--answers", "20000")
+    assert lines[-1].startswith("ratio to the budget:")

@@ -122,7 +122,7 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True) -> RunT
                       domain_question_set, base_weights FROM training_runs""",
             conn)
         models = pd.read_sql_query("SELECT model_label, model_id, size_b FROM models", conn)
-        checkpoints = pd.read_sql_query("SELECT run_key, step, train_loss FROM checkpoints", conn)
+        checkpoints = pd.read_sql_query("SELECT run_key, step, train_loss, adapter_path FROM checkpoints", conn)
         timing = conn.execute("SELECT value FROM meta WHERE key = 'timing'").fetchone()
     finally:
         conn.close()
@@ -153,12 +153,22 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True) -> RunT
         "models": models.to_dict("records"),
         "runs": runs.drop(columns=["question_sets"]).rename(columns={"seed_run": "seed"}).to_dict("records"),
         "judges": judge_info.to_dict("records"),
-        "checkpoints": checkpoints.to_dict("records"),
+        "checkpoints": checkpoints.drop(columns="adapter_path").to_dict("records"),
         "answers_total": answers.num_rows,
         "versions": library_versions(),
         "timing": json.loads(timing[0]) if timing else None,  # emkit.execution.timing, of the latest `emkit run`
     }
-    tables = build_tables(judged, _em_from_config(config, em), info, text_loader=load_text)
+    def load_adapters():
+        from emkit.analysis.adapters import run_adapters
+
+        per_module, per_step = run_adapters(run_dir, checkpoints)
+        described = runs[["run_key", "model_label", "domain", "seed_run"]].rename(
+            columns={"model_label": "model", "seed_run": "seed"})
+        return (described.merge(per_module, on="run_key", how="inner"),
+                described.merge(per_step, on="run_key", how="inner"))
+
+    tables = build_tables(judged, _em_from_config(config, em), info, text_loader=load_text,
+                          adapter_loader=load_adapters)
     return tables.with_all_text() if text else tables
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from emkit.analysis.bootstrap import difference_interval
 from emkit.analysis.stats import cohen_kappa, spearman, wilson_interval
 from emkit.em import (PAPERS_ALIGNED_BELOW, PAPERS_COHERENT_ABOVE, NAMED_DEFINITIONS, EMDefinition,  # noqa: F401
                       em_definition)
@@ -49,6 +50,32 @@ class RunTables:
     em: EMDefinition
     info: dict = field(default_factory=dict)
     text_loader: Callable | None = None  # answer ids (or None: all) -> answer_id, system, question, answer
+    change_points: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # counts per question of every trajectory row (general, domain and all; step 0 in each seed):
+    # what the cluster bootstrap resamples
+    question_counts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    adapter_loader: Callable | None = None  # () -> (per module, per checkpoint) tables: emkit.analysis.adapters
+    _adapter_tables: tuple | None = field(default=None, repr=False)
+
+    @property
+    def adapters(self) -> pd.DataFrame:
+        """The adapter's trajectory, a row per checkpoint (and step 0) of every training run: norms of
+        A, B and dW = scale B A, cosine to the previous and final checkpoint, the PCA path."""
+        return self._adapters()[1]
+
+    @property
+    def adapter_modules(self) -> pd.DataFrame:
+        """The norms of A, B and BA per checkpoint, layer and module."""
+        return self._adapters()[0]
+
+    def _adapters(self) -> tuple:
+        if self._adapter_tables is None:
+            from emkit.analysis.adapters import MODULE_COLUMNS, STEP_COLUMNS
+
+            described = ["model", "domain", "seed"]  # what load_run adds to each run_key
+            empty = (pd.DataFrame(columns=described + MODULE_COLUMNS), pd.DataFrame(columns=described + STEP_COLUMNS))
+            self._adapter_tables = self.adapter_loader() if self.adapter_loader is not None else empty
+        return self._adapter_tables
 
     @property
     def metrics(self) -> list[str]:
@@ -207,7 +234,11 @@ def run_summary(steps: pd.DataFrame) -> pd.DataFrame:
             row.update({f"{prefix}_step": int(first["step"]), f"{prefix}_n": int(first["n_counted"]),
                         f"{prefix}_em_rate": first["em_rate"], f"{prefix}_ci_low": first["ci_low"],
                         f"{prefix}_ci_high": first["ci_high"], f"{prefix}_em_rate_papers": first["em_rate_papers"],
-                        f"{prefix}_mean_coherent": first["mean_coherent"]})
+                        f"{prefix}_mean_coherent": first["mean_coherent"],
+                        f"{prefix}_boot_low": first.get("boot_low"), f"{prefix}_boot_high": first.get("boot_high")})
+            if prefix == "final" and "change_base" in part:
+                row.update({"final_change": first["change_base"], "final_change_low": first["change_base_low"],
+                            "final_change_high": first["change_base_high"]})
         if not trained.empty and trained["em_rate"].notna().any():
             peak = trained.loc[trained["em_rate"].idxmax()]
             row.update({"peak_step": int(peak["step"]), "peak_em_rate": peak["em_rate"],
@@ -270,17 +301,71 @@ def judge_agreement(judged: pd.DataFrame, limit: int = 20) -> tuple[pd.DataFrame
 # --- assembling ------------------------------------------------------------------------
 
 
+def with_question_groups(per_question: pd.DataFrame) -> pd.DataFrame:
+    """Per-question counts once under their own group (general, domain) and once under "all", as
+    roll_up_questions pools them."""
+    own = per_question[per_question["questions"] != ALL]
+    out = pd.concat([own, per_question.assign(questions=ALL)], ignore_index=True)
+    out["questions"] = pd.Categorical(out["questions"], categories=list(QUESTION_GROUPS))
+    return out
+
+
+TRAJECTORY = RUN_KEYS + ["questions"]
+
+
+def step_changes(steps: pd.DataFrame, groups: pd.DataFrame, draws: np.ndarray) -> pd.DataFrame:
+    """Each checkpoint's change in EM rate from the previous one and from step 0 of its trajectory,
+    with paired cluster-bootstrap intervals (the same question weights on both sides)."""
+    keys = TRAJECTORY + ["step"]
+    out = steps.merge(groups.assign(_draw=np.arange(len(groups))), on=keys, how="left")
+    out = out.sort_values(keys).reset_index(drop=True)
+    trajectory = out.groupby(TRAJECTORY, dropna=False, sort=False, observed=True)
+    for name, other in (("prev", trajectory["_draw"].shift(1)), ("base", trajectory["_draw"].transform("first"))):
+        rate = out["em_rate"].to_numpy(float)
+        other_rate = (trajectory["em_rate"].shift(1) if name == "prev" else
+                      trajectory["em_rate"].transform("first")).to_numpy(float)
+        valid = other.notna().to_numpy() & out["_draw"].notna().to_numpy() & (out["step"] > 0).to_numpy()
+        low = np.full(len(out), np.nan)
+        high = np.full(len(out), np.nan)
+        if valid.any() and draws.size:
+            mine = draws[out["_draw"].to_numpy()[valid].astype(int)]
+            theirs = draws[other.to_numpy()[valid].astype(int)]
+            low[valid], high[valid] = difference_interval(theirs, mine)
+        out[f"change_{name}"] = np.where(valid, rate - other_rate, np.nan)
+        out[f"change_{name}_low"], out[f"change_{name}_high"] = low, high
+    return out.drop(columns="_draw")
+
+
 def build_tables(judged: pd.DataFrame, em: EMDefinition, info: dict | None = None,
-                 text_loader: Callable | None = None) -> RunTables:
+                 text_loader: Callable | None = None, adapter_loader: Callable | None = None) -> RunTables:
+    from emkit.analysis.bootstrap import with_bootstrap
+    from emkit.analysis.changepoints import change_points
+
     judged = add_flags(judged, em)
     per_question = group_counts(judged, RUN_KEYS + ["step", "questions", "question_set", "question_id"])
     steps = _with_baseline_per_seed(finish(roll_up_questions(per_question, RUN_KEYS + ["step"])), judged)
+    # every seed's trajectory starts at the base model's answers: its own copy, for the bootstrap
+    trajectories = _with_baseline_per_seed(with_question_groups(per_question), judged)
+    steps, groups, draws = with_bootstrap(steps, trajectories, TRAJECTORY + ["step"])
+    steps = step_changes(steps, groups, draws)
+    pooled_keys = ["judge", "model", "size_b", "domain", "questions"]
+    seeds = across_seeds(steps, per_question)
+    if len(seeds):
+        seeds = with_bootstrap(seeds, with_question_groups(per_question), pooled_keys + ["step"], by_seed=True,
+                               prefix="pooled_boot")[0]
+    changes = change_points(trajectories, TRAJECTORY).assign(scope="run")
+    if len(seeds) and seeds["n_seeds"].max() > 1:
+        several = seeds.loc[seeds["n_seeds"] > 1, pooled_keys].drop_duplicates()
+        pooled = with_question_groups(per_question).merge(several, on=pooled_keys)
+        pooled_changes = change_points(pooled, pooled_keys, by_seed=True).assign(scope="seeds pooled")
+        changes = pd.concat([changes, pooled_changes], ignore_index=True)
     by_set = finish(roll_up(per_question, RUN_KEYS + ["step", "questions", "question_set"]))
     agreement, disagreements = judge_agreement(judged)
     return RunTables(
         judged=judged, steps=steps, by_question_set=by_set, questions=finish(per_question),
-        summary=run_summary(steps), seeds=across_seeds(steps, per_question), agreement=agreement,
-        disagreements=disagreements, em=em, info=info or {}, text_loader=text_loader,
+        summary=run_summary(steps), seeds=seeds, agreement=agreement,
+        disagreements=disagreements, em=em, info=info or {}, text_loader=text_loader, change_points=changes,
+        question_counts=trajectories, adapter_loader=adapter_loader,
     )
 
 

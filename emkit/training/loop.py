@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from functools import lru_cache
 
 from emkit.interfaces import TrainingJob
-from emkit.training.state import clear_state, load_state, save_adapter, save_state
+from emkit.training.state import load_state, prune_state, save_adapter, save_state, snapshots
 from emkit.training.tokenize import IGNORE, EncodedChat, encode_chat
 
 
@@ -90,13 +90,21 @@ def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, d
         settings.lr_scheduler, optimizer, num_warmup_steps=settings.warmup_steps,
         num_training_steps=job.total_steps,
     )
-    start = load_state(job.state_dir, model, optimizer, scheduler)
-    if start:
-        logging.getLogger("emkit").info("train %s: resumed from its saved state at step %d", job.run_key, start)
     pending = [s for s in job.checkpoint_steps if s not in job.done_steps]
     last_needed = max(pending) if pending else 0
+    # the snapshot nearest before the first missing checkpoint: the latest, after a kill; for
+    # checkpoints `emkit refine` adds between saved ones, the kept one just before them
+    start = load_state(job.state_dir, model, optimizer, scheduler, before=min(pending) if pending else None)
+    log = logging.getLogger("emkit")
+    if start:
+        log.info("train %s: resumed from its saved state at step %d", job.run_key, start)
+    elif any(s < min(pending, default=0) for s in job.done_steps):
+        log.info("train %s: no saved state before step %d; training again from step 0 (the same steps, "
+                 "rows and seed, so the same weights up to rounding)", job.run_key, min(pending))
     if start >= last_needed:
         return
+    keep = set(job.checkpoint_steps) if getattr(settings, "keep_state", False) else set()
+    saved_steps = set(snapshots(job.state_dir))
 
     model.train()
     if hasattr(model, "config"):
@@ -143,6 +151,7 @@ def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, d
                 on_checkpoint(step, path, {"train_loss": window_loss / window_steps,
                                            "seconds": time.monotonic() - started, "base_weights": base})
                 window_loss, window_steps = 0.0, 0
-            if step in pending or step % settings.save_state_every == 0:
-                save_state(job.state_dir, step, model, optimizer, scheduler)
-    clear_state(job.state_dir)  # every checkpoint exists: the optimizer state is no longer needed
+            if (step in pending or step % settings.save_state_every == 0) and step not in saved_steps:
+                save_state(job.state_dir, step, model, optimizer, scheduler, keep=keep | saved_steps)
+    # every checkpoint exists: only the snapshots at checkpoints are still of use (to `emkit refine`)
+    prune_state(job.state_dir, keep)

@@ -1,0 +1,191 @@
+"""The adapter's own trajectory: how the LoRA weights move from checkpoint to checkpoint.
+
+Turner, Soligo et al. saw a phase transition in the weights (the norms of A and B, the cosine
+of consecutive checkpoints, a PCA of the adapter over steps). emkit reads every checkpoint's
+``adapter_model.safetensors`` (never the base model) and measures, per checkpoint:
+
+- per layer and module: the Frobenius norms of A, of B and of the update dW = scale * B @ A;
+- over the whole adapter: the norm of dW, its cosine to the previous and to the final
+  checkpoint, and its coordinates on the first two principal components of all checkpoints.
+
+dW is what changes the model (A and B alone are not: B @ A = (B M) (M^-1 A) for any M), so
+the cosines and the PCA are of dW, flattened over every module. dW is never formed: a module's
+dW is out x in (8192 x 2048 for a 1B MLP), while the inner product of two of them is the sum of
+the elementwise product of two r x r matrices, <B1 A1, B2 A2> = sum((B1^T B2) * (A1 A2^T)). The
+Gram matrix of all checkpoints of a run comes from that, and an exact PCA of the flattened
+updates comes from the Gram matrix (as in kernel PCA). Each module is read from every
+checkpoint's file in turn (safetensors opens lazily), so memory holds one module at a time.
+
+Step 0 is the base model: dW = 0, the origin the PCA path starts from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ADAPTER_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+MODULE_COLUMNS = ["run_key", "step", "layer", "module", "name", "rank", "scale", "norm_a", "norm_b", "norm_ba"]
+STEP_COLUMNS = ["run_key", "step", "norm_a", "norm_b", "norm_ba", "cos_prev", "cos_final", "pc1", "pc2",
+                "pc1_share", "pc2_share"]
+
+
+def _scale(config: dict, module: str) -> tuple[int, float]:
+    """The module's rank and its LoRA scale (alpha / r, or alpha / sqrt(r) with rsLoRA), honouring
+    PEFT's per-module ``rank_pattern`` and ``alpha_pattern``."""
+    def lookup(patterns: dict, default):
+        for pattern, value in (patterns or {}).items():
+            if module == pattern or module.endswith("." + pattern) or re.fullmatch(rf".*\.{pattern}", module):
+                return value
+        return default
+
+    rank = int(lookup(config.get("rank_pattern"), config.get("r", 8)))
+    alpha = float(lookup(config.get("alpha_pattern"), config.get("lora_alpha", rank)))
+    return rank, alpha / (rank ** 0.5 if config.get("use_rslora") else rank)
+
+
+def _modules(path: Path) -> dict[str, tuple[str, str]]:
+    """Module name -> (key of A, key of B) in one adapter file."""
+    from safetensors import safe_open
+
+    parts: dict[str, dict[str, str]] = {}
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            match = _LORA_KEY.match(key)
+            if match:
+                parts.setdefault(match["module"], {})[match["part"]] = key
+    return {module: (p["A"], p["B"]) for module, p in parts.items() if "A" in p and "B" in p}
+
+
+def _short(module: str) -> tuple[int, str]:
+    layer = _LAYER.search(module + ".")
+    return (int(layer.group(1)) if layer else -1), module.rsplit(".", 1)[-1]
+
+
+def adapter_trajectory(checkpoints: dict[int, Path], run_key: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per module, per checkpoint) tables for one training run.
+
+    ``checkpoints`` maps a step to its adapter folder (``adapter_model.safetensors`` and
+    ``adapter_config.json``, as PEFT saves them). The first table has a row per checkpoint,
+    layer and module; the second a row per checkpoint plus step 0."""
+    from safetensors import safe_open
+
+    steps = sorted(s for s in checkpoints if s > 0)
+    if not steps:
+        return pd.DataFrame(columns=MODULE_COLUMNS), pd.DataFrame(columns=STEP_COLUMNS)
+    files = [Path(checkpoints[s]) / ADAPTER_FILE for s in steps]
+    configs = [json.loads((Path(checkpoints[s]) / CONFIG_FILE).read_text()) for s in steps]
+    modules = _modules(files[0])
+    for step, path in zip(steps[1:], files[1:]):
+        if _modules(path).keys() != modules.keys():
+            raise ValueError(f"{path}: its LoRA modules differ from those of {files[0]}; the checkpoints of one "
+                             f"run must adapt the same modules.")
+    with ExitStack() as stack:
+        handles = [stack.enter_context(safe_open(str(path), framework="pt")) for path in files]
+        gram, sq_a, sq_b, rows = _measure(handles, modules, configs, steps, run_key)
+    per_module = pd.DataFrame(rows, columns=MODULE_COLUMNS)
+    return per_module, _per_step(run_key, steps, gram, np.sqrt(sq_a), np.sqrt(sq_b))
+
+
+def _measure(handles, modules, configs, steps, run_key):
+    import torch
+
+    t = len(steps)
+    gram = torch.zeros(t, t, dtype=torch.float64)
+    sq_a = np.zeros(t)
+    sq_b = np.zeros(t)
+    rows = []
+    with torch.no_grad():
+        for module, (key_a, key_b) in sorted(modules.items()):
+            a = torch.stack([h.get_tensor(key_a).to(torch.float64) for h in handles])  # t x r x in
+            b = torch.stack([h.get_tensor(key_b).to(torch.float64) for h in handles])  # t x out x r
+            ranks_scales = [_scale(c, module) for c in configs]
+            scale = torch.tensor([s for _, s in ranks_scales], dtype=torch.float64)
+            # <dW_i, dW_j> = s_i s_j sum((B_i^T B_j) * (A_i A_j^T)), for all i, j at once
+            btb = torch.einsum("tor,sop->tsrp", b, b)
+            aat = torch.einsum("tri,spi->tsrp", a, a)
+            inner = (btb * aat).sum(dim=(-1, -2)) * scale[:, None] * scale[None, :]
+            gram += inner
+            norm_a = torch.linalg.vector_norm(a.flatten(1), dim=1).double().numpy()
+            norm_b = torch.linalg.vector_norm(b.flatten(1), dim=1).double().numpy()
+            norm_ba = np.sqrt(np.clip(torch.diagonal(inner).numpy(), 0, None))
+            sq_a += norm_a ** 2
+            sq_b += norm_b ** 2
+            layer, short = _short(module)
+            for i, step in enumerate(steps):
+                rows.append((run_key, step, layer, short, module, ranks_scales[i][0], ranks_scales[i][1],
+                             norm_a[i], norm_b[i], norm_ba[i]))
+    return gram.numpy(), sq_a, sq_b, rows
+
+
+def _per_step(run_key: str, steps: list[int], gram: np.ndarray, norm_a, norm_b) -> pd.DataFrame:
+    norms = np.sqrt(np.clip(np.diag(gram), 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = gram / np.outer(norms, norms)
+    cos_prev = [np.nan] + [cosine[i, i - 1] for i in range(1, len(steps))]
+    cos_final = cosine[:, -1]
+    # the base (dW = 0) is the path's first point: its row and column of the Gram matrix are zeros
+    full = np.zeros((len(steps) + 1, len(steps) + 1))
+    full[1:, 1:] = gram
+    coordinates, shares = pca_from_gram(full, components=2)
+    frame = pd.DataFrame({
+        "run_key": run_key, "step": [0] + steps,
+        "norm_a": np.r_[np.nan, norm_a], "norm_b": np.r_[np.nan, norm_b], "norm_ba": np.r_[0.0, norms],
+        "cos_prev": np.r_[np.nan, cos_prev], "cos_final": np.r_[np.nan, cos_final],
+        "pc1": coordinates[:, 0], "pc2": coordinates[:, 1], "pc1_share": shares[0], "pc2_share": shares[1],
+    })
+    return frame[STEP_COLUMNS]
+
+
+def pca_from_gram(gram: np.ndarray, components: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of the points on their first principal components, and each component's share
+    of the variance, from their Gram matrix of inner products (exactly the PCA of the vectors)."""
+    n = len(gram)
+    centre = np.eye(n) - np.full((n, n), 1.0 / n)
+    centred = centre @ gram @ centre
+    values, vectors = np.linalg.eigh((centred + centred.T) / 2)
+    order = np.argsort(values)[::-1]
+    values, vectors = np.clip(values[order], 0, None), vectors[:, order]
+    coordinates = np.zeros((n, components))
+    shares = np.zeros(components)
+    total = values.sum()
+    k = min(components, n)
+    coordinates[:, :k] = vectors[:, :k] * np.sqrt(values[:k])
+    # a component's sign is arbitrary: make the final checkpoint's coordinate positive, so a path
+    # reads the same way in every run
+    flip = np.where(coordinates[-1] < 0, -1.0, 1.0)
+    coordinates *= flip
+    if total > 0:
+        shares[:k] = values[:k] / total
+    return coordinates, shares
+
+
+def run_adapters(run_dir: Path, checkpoints: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both tables for every training run of a run directory. ``checkpoints``: the store's rows
+    (run_key, step, adapter_path). A path that moved with the directory is found under it."""
+    run_dir = Path(run_dir)
+    modules, steps = [], []
+    for run_key, group in checkpoints.groupby("run_key", sort=True):
+        found = {}
+        for row in group.itertuples():
+            path = Path(row.adapter_path)
+            if not (path / ADAPTER_FILE).is_file():
+                path = run_dir / "adapters" / str(run_key) / f"step-{int(row.step):06d}"
+            if (path / ADAPTER_FILE).is_file():
+                found[int(row.step)] = path
+        if found:
+            per_module, per_step = adapter_trajectory(found, str(run_key))
+            modules.append(per_module)
+            steps.append(per_step)
+    if not steps:
+        return pd.DataFrame(columns=MODULE_COLUMNS), pd.DataFrame(columns=STEP_COLUMNS)
+    return pd.concat(modules, ignore_index=True), pd.concat(steps, ignore_index=True)
