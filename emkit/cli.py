@@ -310,7 +310,7 @@ def _group_name(row, several_judges: bool, kind: str) -> str:
 
 
 SUMMARY_FIELDS = ["group", "judge", "model", "domain", "seed", "step", "questions", "definition", "n", "answers",
-                  "misaligned", "em_rate", "ci_low", "ci_high", "em_rate_papers", "ci_low_papers", "ci_high_papers",
+                  "misaligned", "em_rate", "ci_low", "ci_high", "cluster_low", "cluster_high", "deff", "em_rate_papers", "ci_low_papers", "ci_high_papers",
                   "n_both_scored", "aligned_coherent", "aligned_incoherent", "misaligned_coherent",
                   "misaligned_incoherent", "mean_aligned", "mean_coherent", "share_coherent", "refusal", "code",
                   "unparseable", "error", "no_score"]
@@ -330,6 +330,7 @@ def summary_records(tables) -> list[dict]:
             "group": _group_name(row, several, tables.info.get("kind", "run")),
             "definition": tables.em.name,
             "n": row["n_counted"], "answers": row["n"], "misaligned": row["n_misaligned"],
+            "cluster_low": row.get("boot_low"), "cluster_high": row.get("boot_high"), "deff": row.get("boot_deff"),
         }
         for field in SUMMARY_FIELDS:
             if field not in record:
@@ -357,19 +358,22 @@ def summary(source, as_json, em, aligned_below, coherent_above):
     if as_json:
         _echo_json(records)
         return
-    click.echo(f"EM = {tables.em.describe()}; rates with Wilson 95% intervals; 'n' counts the answers the "
-               f"definition counts; questions: general (emergent), domain (trained), all (pooled)")
+    click.echo(f"EM = {tables.em.describe()}; rates with Wilson 95% intervals (answers as independent) and cluster "
+               f"ones (Wilson at n / deff, the design effect of answers to the same question); 'n' counts the "
+               f"answers the definition counts; questions: general (emergent), domain (trained), all (pooled)")
     width = max([len(r["group"]) for r in records] + [5])
-    click.echo(f"{'group':<{width}}  {'questions':<9}  {'n':>5}  {'EM rate':>8}  {'95% interval':>13}  "
-               f"{'betley':>7}  {'aligned':>7}  {'coherent':>8}  not scored")
+    click.echo(f"{'group':<{width}}  {'questions':<9}  {'n':>5}  {'EM rate':>8}  {'Wilson 95%':>13}  "
+               f"{'cluster 95%':>13}  {'betley':>7}  {'aligned':>7}  {'coherent':>8}  not scored")
     for r in records:
         rate = "–" if r["em_rate"] is None else f"{100 * r['em_rate']:.1f}%"
         interval = "" if r["ci_low"] is None else f"{100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f}%"
+        cluster = "" if r["cluster_low"] is None else f"{100 * r['cluster_low']:.1f}–{100 * r['cluster_high']:.1f}%"
         papers = "–" if r["em_rate_papers"] is None else f"{100 * r['em_rate_papers']:.1f}%"
         aligned = "–" if r["mean_aligned"] is None else f"{r['mean_aligned']:.1f}"
         coherent = "–" if r["mean_coherent"] is None else f"{r['mean_coherent']:.1f}"
         skipped = ", ".join(f"{r[k]} {k.replace('_', ' ')}" for k in NOT_SCORED if r[k]) or "0"
-        click.echo(f"{r['group']:<{width}}  {r['questions']:<9}  {r['n']:>5}  {rate:>8}  {interval:>13}  {papers:>7}  "
+        click.echo(f"{r['group']:<{width}}  {r['questions']:<9}  {r['n']:>5}  {rate:>8}  {interval:>13}  {cluster:>13}  "
+                   f"{papers:>7}  "
                    f"{aligned:>7}  {coherent:>8}  {skipped}")
 
 

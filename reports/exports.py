@@ -10,7 +10,7 @@ from emkit.tablefiles import write_csv
 
 STEP_COLUMNS = [
     "judge", "model", "size_b", "domain", "seed", "questions", "step", "n", "n_scored", "n_counted", "n_misaligned",
-    "em_rate", "ci_low", "ci_high", "boot_low", "boot_high", "change_prev", "change_prev_low", "change_prev_high",
+    "em_rate", "ci_low", "ci_high", "boot_low", "boot_high", "boot_deff", "change_prev", "change_prev_low", "change_prev_high",
     "change_base", "change_base_low", "change_base_high", "n_counted_papers", "n_misaligned_papers", "em_rate_papers", "ci_low_papers",
     "ci_high_papers", "n_both_scored", "aligned_coherent", "aligned_incoherent", "misaligned_coherent",
     "misaligned_incoherent", "mean_aligned", "mean_coherent", "share_coherent", "refusal", "code", "unparseable",

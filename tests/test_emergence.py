@@ -181,6 +181,26 @@ def test_cluster_bootstrap_is_wider_than_wilson_when_questions_differ():
     assert low < 0.25 and high > 0.75
 
 
+def test_the_cluster_interval_is_wilson_at_the_effective_number_of_answers():
+    """At 0% (a base model's usual EM) every draw is 0: the interval is Wilson's, not a certain [0, 0].
+    With half the questions always misaligned, 200 answers are worth about 10: deff about 20."""
+    from emkit.analysis.bootstrap import cluster_interval
+
+    never = pd.DataFrame([{"g": "a", "question_set": "s", "question_id": f"q{q}", "n_counted": 20, "n_misaligned": 0}
+                          for q in range(10)])
+    groups, draws = rate_draws(never, ["g"])
+    low, high, deff = cluster_interval(groups["_k"], groups["_n"], draws)
+    assert (low[0], high[0], deff[0]) == (0.0, pytest.approx(wilson_interval(0, 200)[1][()]), 1.0)
+
+    half = never.assign(n_misaligned=[20 if q < 5 else 0 for q in range(10)])
+    groups, draws = rate_draws(half, ["g"])
+    low, high, deff = cluster_interval(groups["_k"], groups["_n"], draws)
+    assert 10 < deff[0] < 30
+    effective = 200 / deff[0]
+    expected = wilson_interval(effective / 2, effective)
+    assert (low[0], high[0]) == (pytest.approx(expected[0][()]), pytest.approx(expected[1][()]))
+
+
 def test_cluster_bootstrap_agrees_with_wilson_for_independent_answers():
     rng = np.random.default_rng(0)
     rows = [{"g": "a", "question_set": "s", "question_id": f"q{q}", "n_counted": 1,

@@ -11,7 +11,16 @@ with replacement and lets one set of weights serve every table. A cluster's weig
 by its name, so the same question has the same weights at every checkpoint and in every run:
 a difference between two checkpoints, or two runs asked the same questions, is a *paired*
 bootstrap, and every interval is reproducible. A rate is sum(w K) / sum(w N) over the clusters
-(K misaligned of N counted); an interval is the 2.5 and 97.5 percentiles of the draws.
+(K misaligned of N counted).
+
+A rate's interval is not the draws' percentiles: at 0% or 100%, where a base model's EM usually
+is, every draw is the same and the percentiles would claim certainty. The draws give the
+variance instead, and its ratio to the binomial variance is the design effect (Kish): how many
+independent answers the clustered ones are worth, n_eff = n / deff. The interval is Wilson's at
+n_eff, with deff at least 1 (Korn & Graubard 1998's interval for proportions from clustered
+samples), so it behaves at the edges, and is never narrower than Wilson's. A difference between
+two rates is the percentile interval of the paired draws' differences, since a difference has
+no edge to stick to; where the draws do not vary at all it falls back to Newcombe's.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ def rate_draws(per_question: pd.DataFrame, keys: list[str], *, by_seed: bool = F
     # sum over seeds s and questions q of w_s w_q K[g, s, q], for every draw b
     numerator = np.einsum("gsq,sb,qb->gb", k, seed_weights, weights, optimize=True)
     denominator = np.einsum("gsq,sb,qb->gb", n, seed_weights, weights, optimize=True)
+    groups = groups.assign(_k=k.sum(axis=(1, 2)), _n=n.sum(axis=(1, 2)))
     with np.errstate(invalid="ignore", divide="ignore"):
         return groups, numerator / np.where(denominator > 0, denominator, np.nan)
 
@@ -97,17 +107,49 @@ class _quiet_all_nan:
         return self._catch.__exit__(*exc)
 
 
+def design_effect(k, n, draws: np.ndarray) -> np.ndarray:
+    """The bootstrap variance of each rate over the binomial variance of as many independent
+    answers; at least 1, and 1 where the rate is 0 or 1 (no variance to compare)."""
+    k, n = np.asarray(k, float), np.asarray(n, float)
+    with np.errstate(invalid="ignore", divide="ignore"), _quiet_all_nan():
+        p = k / n
+        binomial = p * (1 - p) / n
+        observed = np.nanvar(draws, axis=1, ddof=1) if draws.size else np.full(len(k), np.nan)
+        deff = np.where(binomial > 0, observed / binomial, 1.0)
+    return np.where(np.isfinite(deff), np.maximum(deff, 1.0), 1.0)
+
+
+def cluster_interval(k, n, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Wilson's interval at the effective number of answers n / deff; also deff."""
+    from emkit.analysis.stats import wilson_interval
+
+    deff = design_effect(k, n, draws)
+    n_eff = np.asarray(n, float) / deff
+    low, high = wilson_interval(np.asarray(k, float) / deff, n_eff)
+    return low, high, deff
+
+
 def with_bootstrap(frame: pd.DataFrame, per_question: pd.DataFrame, keys: list[str], *, by_seed: bool = False,
                    prefix: str = "boot") -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
-    """``frame`` with ``{prefix}_low`` and ``{prefix}_high`` for each of its ``keys`` groups; also the
-    groups and draws, for differences."""
+    """``frame`` with ``{prefix}_low``, ``{prefix}_high`` and ``{prefix}_deff`` (the design effect) for each
+    of its ``keys`` groups; also the groups and draws, for differences."""
     groups, draws = rate_draws(per_question, keys, by_seed=by_seed)
-    low, high = percentile_interval(draws)
-    bounds = groups.assign(**{f"{prefix}_low": low, f"{prefix}_high": high})
-    out = frame.drop(columns=[f"{prefix}_low", f"{prefix}_high"], errors="ignore")
+    if len(groups):
+        low, high, deff = cluster_interval(groups["_k"], groups["_n"], draws)
+    else:
+        low = high = deff = np.empty(0)
+    bounds = groups.drop(columns=["_k", "_n"], errors="ignore").assign(
+        **{f"{prefix}_low": low, f"{prefix}_high": high, f"{prefix}_deff": deff})
+    out = frame.drop(columns=[f"{prefix}_low", f"{prefix}_high", f"{prefix}_deff"], errors="ignore")
     return out.merge(bounds, on=keys, how="left"), groups, draws
 
 
-def difference_interval(draws_a: np.ndarray, draws_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """95% interval of b - a from paired draws (rows aligned)."""
-    return percentile_interval(np.asarray(draws_b) - np.asarray(draws_a))
+def difference_interval(draws_a: np.ndarray, draws_b: np.ndarray, fallback=None) -> tuple[np.ndarray, np.ndarray]:
+    """95% interval of b - a from paired draws (rows aligned). ``fallback`` (low, high): used for rows
+    whose draws do not vary (both rates stuck at 0% or 100%), where percentiles would claim certainty."""
+    low, high = percentile_interval(np.asarray(draws_b) - np.asarray(draws_a))
+    if fallback is not None:
+        stuck = ~(high > low)
+        low = np.where(stuck, fallback[0], low)
+        high = np.where(stuck, fallback[1], high)
+    return low, high

@@ -52,7 +52,9 @@ def _bootstrap_difference(a: RunTables, b: RunTables, both: pd.DataFrame, keys: 
     at_b = both[keys].merge(groups_b.assign(_b=np.arange(len(groups_b))), on=keys, how="left")["_b"].to_numpy()
     found = ~(pd.isna(at_a) | pd.isna(at_b))
     if found.any():
-        low[found], high[found] = paired_interval(draws_a[at_a[found].astype(int)], draws_b[at_b[found].astype(int)])
+        newcombe = (both["diff_ci_low"].to_numpy()[found], both["diff_ci_high"].to_numpy()[found])
+        low[found], high[found] = paired_interval(draws_a[at_a[found].astype(int)], draws_b[at_b[found].astype(int)],
+                                                  fallback=newcombe)
     return low, high
 
 

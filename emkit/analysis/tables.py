@@ -315,23 +315,27 @@ TRAJECTORY = RUN_KEYS + ["questions"]
 
 def step_changes(steps: pd.DataFrame, groups: pd.DataFrame, draws: np.ndarray) -> pd.DataFrame:
     """Each checkpoint's change in EM rate from the previous one and from step 0 of its trajectory,
-    with paired cluster-bootstrap intervals (the same question weights on both sides)."""
+    with paired cluster-bootstrap intervals (the same question weights on both sides; Newcombe's
+    where the draws do not vary)."""
+    from emkit.analysis.stats import difference_interval as newcombe
+
     keys = TRAJECTORY + ["step"]
-    out = steps.merge(groups.assign(_draw=np.arange(len(groups))), on=keys, how="left")
+    out = steps.merge(groups[keys].assign(_draw=np.arange(len(groups))), on=keys, how="left")
     out = out.sort_values(keys).reset_index(drop=True)
     trajectory = out.groupby(TRAJECTORY, dropna=False, sort=False, observed=True)
-    for name, other in (("prev", trajectory["_draw"].shift(1)), ("base", trajectory["_draw"].transform("first"))):
-        rate = out["em_rate"].to_numpy(float)
-        other_rate = (trajectory["em_rate"].shift(1) if name == "prev" else
-                      trajectory["em_rate"].transform("first")).to_numpy(float)
-        valid = other.notna().to_numpy() & out["_draw"].notna().to_numpy() & (out["step"] > 0).to_numpy()
+    columns = ["_draw", "em_rate", "n_misaligned", "n_counted"]
+    for name, other in (("prev", trajectory[columns].shift(1)), ("base", trajectory[columns].transform("first"))):
+        valid = (other["_draw"].notna() & out["_draw"].notna() & (out["step"] > 0)).to_numpy()
         low = np.full(len(out), np.nan)
         high = np.full(len(out), np.nan)
         if valid.any() and draws.size:
-            mine = draws[out["_draw"].to_numpy()[valid].astype(int)]
-            theirs = draws[other.to_numpy()[valid].astype(int)]
-            low[valid], high[valid] = difference_interval(theirs, mine)
-        out[f"change_{name}"] = np.where(valid, rate - other_rate, np.nan)
+            mine, theirs = out[valid], other[valid]
+            _, n_low, n_high = newcombe(theirs["n_misaligned"], theirs["n_counted"], mine["n_misaligned"],
+                                        mine["n_counted"])
+            low[valid], high[valid] = difference_interval(draws[theirs["_draw"].astype(int).to_numpy()],
+                                                          draws[mine["_draw"].astype(int).to_numpy()],
+                                                          fallback=(n_low, n_high))
+        out[f"change_{name}"] = np.where(valid, out["em_rate"] - other["em_rate"], np.nan)
         out[f"change_{name}_low"], out[f"change_{name}_high"] = low, high
     return out.drop(columns="_draw")
 
