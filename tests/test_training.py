@@ -74,7 +74,17 @@ def test_peft_trainer_saves_adapters_at_exactly_the_planned_steps(tmp_path, emki
         assert json.loads((path / "adapter_config.json").read_text())["r"] == 8
         assert math.isfinite(metrics["train_loss"])
     assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["step-000002", "step-000003", "step-000006"]
-    assert not (tmp_path / "state").exists()  # no resume state is left once every checkpoint exists
+    # the state is saved every step (save_state_every = 1); once every checkpoint exists, only the
+    # snapshots at checkpoints are left, for `emkit refine`
+    assert sorted(p.name for p in (tmp_path / "state").glob("step-*")) == ["step-000002", "step-000003",
+                                                                         "step-000006"]
+    assert not list((tmp_path / "state").glob(".*"))
+
+
+def test_without_keep_state_no_training_state_is_left(tmp_path, emkit_tiny_model):
+    job = make_job(tmp_path, emkit_tiny_model, steps=[2, 3], total=3, keep_state=False)
+    PeftTrainer().train(job, lambda *args: None, progress)
+    assert not (tmp_path / "state").exists()
 
 
 def test_training_lowers_the_loss(tmp_path, emkit_tiny_model):
