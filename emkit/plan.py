@@ -321,6 +321,10 @@ def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Pl
 
     templates = {model.label: chat_template_digest(model.id, download=need_datasets) for model in config.models}
     plan = Plan(config, runs, baselines, question_sets, domains, notes, templates)
+    for key in sorted(set(config.checkpoints.refine) - {run.key for run in runs}):
+        # another config's run in the same directory, carried over: kept, not trained here
+        notes.append(f"checkpoints.refine.{key}: this config does not train run {key}; its added steps are "
+                     f"left alone.")
     _check_prompts(plan, registry)
     return plan
 

@@ -264,7 +264,7 @@ def _run_label(row) -> str:
 
 @literal_text
 def emergence(tables, judge):
-    """Each run's EM trajectory (headline questions, cluster-bootstrap band, significant change points
+    """Each run's EM trajectory (headline questions, cluster-interval band, significant change points
     dashed) beside its adapter's: the norm of dW, the cosine to the previous and the final
     checkpoint, and the PCA path from the base model (step 0, dW = 0)."""
     steps = primary(tables.steps, judge)
@@ -292,7 +292,7 @@ def emergence(tables, judge):
             for change in mine.itertuples():
                 axes[0].axvline((change.step_before + change.step_after) / 2, color=line.get_color(), ls="--", lw=1)
     axes[0].set_title(f"EM rate, {QUESTION_LABELS[headline_questions(steps)]}", fontsize=9)
-    axes[0].set_ylabel("EM rate (%), cluster-bootstrap 95% band")
+    axes[0].set_ylabel("EM rate (%), cluster 95% band")
     axes[0].set_ylim(0, 100)
     axes[0].legend(fontsize=7)
     if len(adapters):

@@ -280,3 +280,23 @@ def test_the_tables_carry_cluster_intervals_changes_and_change_points_per_run_an
 
     seeds = tables.seeds[(tables.seeds["questions"] == "all") & (tables.seeds["step"] == 40)].iloc[0]
     assert seeds["pooled_boot_low"] <= seeds["em_pooled"] <= seeds["pooled_boot_high"]
+
+
+def test_an_unreadable_adapter_leaves_its_run_out_with_a_warning(tmp_path, caplog):
+    """A truncated safetensors file must not stop the report of everything else."""
+    from emkit.analysis.adapters import run_adapters
+
+    q = "model.layers.0.self_attn.q_proj"
+    config = {"r": 2, "lora_alpha": 2}
+    good = write_adapter(tmp_path / "adapters" / "good" / "step-000002", {q: (torch.ones(2, 4), torch.ones(4, 2))},
+                         config)
+    bad = write_adapter(tmp_path / "adapters" / "bad" / "step-000002", {q: (torch.ones(2, 4), torch.ones(4, 2))},
+                        config)
+    data = (bad / "adapter_model.safetensors").read_bytes()
+    (bad / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    checkpoints = pd.DataFrame([{"run_key": "good", "step": 2, "adapter_path": str(good)},
+                                {"run_key": "bad", "step": 2, "adapter_path": str(bad)}])
+    with caplog.at_level("WARNING", logger="emkit"):
+        per_module, per_step = run_adapters(tmp_path, checkpoints)
+    assert set(per_step["run_key"]) == {"good"} and len(per_module) == 1
+    assert "the adapters of run bad" in caplog.text and "cannot be read" in caplog.text

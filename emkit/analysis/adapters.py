@@ -171,7 +171,11 @@ def pca_from_gram(gram: np.ndarray, components: int = 2) -> tuple[np.ndarray, np
 
 def run_adapters(run_dir: Path, checkpoints: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both tables for every training run of a run directory. ``checkpoints``: the store's rows
-    (run_key, step, adapter_path). A path that moved with the directory is found under it."""
+    (run_key, step, adapter_path). A path that moved with the directory is found under it. A run
+    whose adapters cannot be read is left out with a warning: the report of everything else must
+    still be written."""
+    import logging
+
     run_dir = Path(run_dir)
     modules, steps = [], []
     for run_key, group in checkpoints.groupby("run_key", sort=True):
@@ -182,10 +186,18 @@ def run_adapters(run_dir: Path, checkpoints: pd.DataFrame) -> tuple[pd.DataFrame
                 path = run_dir / "adapters" / str(run_key) / f"step-{int(row.step):06d}"
             if (path / ADAPTER_FILE).is_file():
                 found[int(row.step)] = path
-        if found:
+        if not found:
+            continue
+        try:
             per_module, per_step = adapter_trajectory(found, str(run_key))
-            modules.append(per_module)
-            steps.append(per_step)
+        except Exception as exc:  # a truncated or foreign file: safetensors, json and our own checks raise
+            logging.getLogger("emkit").warning(
+                "the adapters of run %s in %s cannot be read (%s: %s); the report leaves out its adapter "
+                "trajectory. Train that checkpoint again (remove its folder and run again) to get it back.",
+                run_key, run_dir / "adapters" / str(run_key), type(exc).__name__, str(exc)[:200])
+            continue
+        modules.append(per_module)
+        steps.append(per_step)
     if not steps:
         return pd.DataFrame(columns=MODULE_COLUMNS), pd.DataFrame(columns=STEP_COLUMNS)
     return pd.concat(modules, ignore_index=True), pd.concat(steps, ignore_index=True)
