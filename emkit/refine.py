@@ -151,7 +151,10 @@ def refine(run_path: Path, registry, *, steps: list[int] | None = None, run_name
     plan = build_plan(config, registry, need_datasets=False)
     runs = selected_runs(plan, run_names)
     pending = unfinished(run_path, plan)
-    if pending and not dry_run:
+    if pending and dry_run:
+        log.info("refine: the checkpoints added earlier to %s are not all made yet; `emkit refine %s` finishes "
+                 "them first", ", ".join(pending), run_path)
+    elif pending:
         log.info("refine: finishing the checkpoints added earlier to %s before choosing new ones", ", ".join(pending))
         run_experiment(config, run_path, registry)
         if steps is None:
