@@ -163,7 +163,7 @@ def pca_from_gram(gram: np.ndarray, components: int = 2) -> tuple[np.ndarray, np
     # a component's sign is arbitrary: make the final checkpoint's coordinate positive, so a path
     # reads the same way in every run
     flip = np.where(coordinates[-1] < 0, -1.0, 1.0)
-    coordinates *= flip
+    coordinates = coordinates * flip + 0.0  # + 0.0: no -0.0 in the exports
     if total > 0:
         shares[:k] = values[:k] / total
     return coordinates, shares
