@@ -117,7 +117,3 @@ def prune_state(state_dir: Path, keep=()) -> None:
             shutil.rmtree(folder, ignore_errors=True)
     if not any(_FOLDER.match(f.name) for f in state_dir.iterdir()):
         shutil.rmtree(state_dir, ignore_errors=True)
-
-
-def clear_state(state_dir: Path) -> None:
-    shutil.rmtree(state_dir, ignore_errors=True)
