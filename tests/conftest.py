@@ -2,7 +2,9 @@
 machine, hub downloads are off, and each test gets its own data directory and judge cache.
 Tiny models are built once into .pytest_cache/emkit (kept between local runs)."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,7 +20,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 # fixtures wider than one test (set up before the per-test ones below) get a judge cache of their own too
-os.environ["EMKIT_JUDGE_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="emkit-tests-"), "judge-cache.sqlite")
+_session_cache = tempfile.mkdtemp(prefix="emkit-tests-")
+atexit.register(shutil.rmtree, _session_cache, ignore_errors=True)
+os.environ["EMKIT_JUDGE_CACHE"] = os.path.join(_session_cache, "judge-cache.sqlite")
 # The papers' and the course's published files, copied unchanged into the repository
 # (tests/reference/README.md), so no test skips on a contributor's clone.
 REFERENCE = Path(__file__).resolve().parent / "reference"
