@@ -87,7 +87,7 @@ def dense_gram(folders: dict[int, Path], shape: dict, scale: float):
 def main(argv=None) -> None:
     import numpy as np
 
-    from emkit.analysis.adapters import adapter_trajectory
+    from emkit.analysis.adapters import adapter_trajectory, update_similarity
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="1b", choices=sorted(SHAPES))
@@ -108,11 +108,21 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         gram = dense_gram(folders, shape, args.alpha / args.rank)
         dense_s = time.perf_counter() - start
+        # the same files read as the final checkpoints of as many runs: the cross-run comparison
+        start = time.perf_counter()
+        as_runs = {f"run{i}": (step, folder) for i, (step, folder) in enumerate(sorted(folders.items()))}
+        pairs = update_similarity(as_runs)
+        similarity_s = time.perf_counter() - start
     norms = np.sqrt(np.diag(gram))
     cos_prev = [gram[i, i - 1] / (norms[i] * norms[i - 1]) for i in range(1, len(norms))]
     agree = (np.allclose(per_step["norm_ba"].to_numpy()[1:], norms, rtol=1e-6)
              and np.allclose(per_step["cos_prev"].to_numpy()[2:], cos_prev, atol=1e-9))
+    cos = gram / np.outer(norms, norms)
+    upper = [cos[i, j] for i in range(len(norms)) for j in range(i + 1, len(norms))]
+    agree = agree and np.allclose(pairs["cosine"], upper, atol=1e-9)
     print(f"{len(per_module):,} module rows; the two routes agree: {agree}")
+    print(f"the {len(folders)} adapters compared as {len(folders)} runs' final updates ({len(pairs)} pairs): "
+          f"{similarity_s:.2f} s")
     print(f"{'':34}{'seconds':>10}")
     print(f"{'emkit (r x r products)':34}{emkit_s:>10.2f}")
     print(f"{'baseline (dense dW)':34}{dense_s:>10.2f}")

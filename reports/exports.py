@@ -53,4 +53,6 @@ def export_tables(tables, folder: Path) -> list[Path]:
     if len(tables.adapters):
         written.append(write_csv(tables.adapters, folder / "adapter_trajectory.csv"))
         written.append(write_csv(tables.adapter_modules, folder / "adapter_modules.csv"))
+    if len(tables.adapter_similarity):
+        written.append(write_csv(tables.adapter_similarity, folder / "adapter_similarity.csv"))
     return written

@@ -82,8 +82,25 @@ def _emergence(context):
         rows.append(row)
     permutations = int(changes["permutations"].max()) if len(changes) else PERMUTATIONS
     adapters = adapters.sort_values(["model", "domain", "seed", "step"]).to_dict("records") if len(adapters) else []
-    return {"changes": rows, "adapters": adapters,
+    return {"changes": rows, "adapters": adapters, **_similarity(context.tables.adapter_similarity),
             "figure": figure, "permutations": permutations, "alpha": ALPHA}
+
+
+RELATIONS = ["same domain, other seed", "other domain, same seed", "other domain, other seed", "other model"]
+
+
+def _similarity(pairs) -> dict:
+    """The cosine of the runs' final updates: a line per relation (mean, range), then every pair."""
+    if pairs.empty:
+        return {"similarity": [], "similarity_pairs": []}
+    summary = []
+    for name in RELATIONS:
+        cosines = pairs.loc[pairs["relation"] == name, "cosine"].dropna()
+        if len(cosines):
+            summary.append({"relation": name, "pairs": len(cosines), "mean": cosines.mean(),
+                            "low": cosines.min(), "high": cosines.max()})
+    ordered = pairs.sort_values(["model_a", "domain_a", "seed_a", "model_b", "domain_b", "seed_b"])
+    return {"similarity": summary, "similarity_pairs": ordered.to_dict("records")}
 
 
 def _seeds(context):

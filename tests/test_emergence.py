@@ -297,6 +297,39 @@ def test_an_unreadable_adapter_leaves_its_run_out_with_a_warning(tmp_path, caplo
     checkpoints = pd.DataFrame([{"run_key": "good", "step": 2, "adapter_path": str(good)},
                                 {"run_key": "bad", "step": 2, "adapter_path": str(bad)}])
     with caplog.at_level("WARNING", logger="emkit"):
-        per_module, per_step = run_adapters(tmp_path, checkpoints)
-    assert set(per_step["run_key"]) == {"good"} and len(per_module) == 1
+        per_module, per_step, similarity = run_adapters(tmp_path, checkpoints)
+    assert set(per_step["run_key"]) == {"good"} and len(per_module) == 1 and similarity.empty
     assert "the adapters of run bad" in caplog.text and "cannot be read" in caplog.text
+
+
+def test_final_updates_of_runs_are_compared_only_where_they_can_be(tmp_path):
+    """Run b's update is run a's doubled (cosine 1), run c's is orthogonal to it (0), run d's points the
+    other way (-1); run e adapts a wider layer (another base model), so it is compared with nothing."""
+    from emkit.analysis.adapters import update_similarity
+
+    q = "model.layers.0.self_attn.q_proj"
+    config = {"r": 2, "lora_alpha": 4}
+    shifted = torch.zeros(2, 8)
+    shifted[:, 4:6] = torch.eye(2)
+    finals = {
+        "a": (8, write_adapter(tmp_path / "a", {q: (corner(2, 8, 2, 1.0), corner(6, 2, 2, 1.0))}, config)),
+        "b": (8, write_adapter(tmp_path / "b", {q: (corner(2, 8, 2, 1.0), corner(6, 2, 2, 2.0))}, config)),
+        "c": (12, write_adapter(tmp_path / "c", {q: (shifted, corner(6, 2, 2, 1.0))}, config)),
+        "d": (8, write_adapter(tmp_path / "d", {q: (corner(2, 8, 2, -1.0), corner(6, 2, 2, 3.0))}, config)),
+        "e": (8, write_adapter(tmp_path / "e", {q: (corner(2, 16, 2, 1.0), corner(6, 2, 2, 1.0))}, config)),
+    }
+    pairs = update_similarity(finals).set_index(["run_key_a", "run_key_b"])
+    assert len(pairs) == 6 and not any("e" in pair for pair in pairs.index)
+    assert pairs.loc[("a", "b"), "cosine"] == pytest.approx(1.0)
+    assert pairs.loc[("a", "c"), "cosine"] == pytest.approx(0.0, abs=1e-12)
+    assert pairs.loc[("a", "d"), "cosine"] == pytest.approx(-1.0)
+    assert pairs.loc[("a", "c"), ["step_a", "step_b"]].tolist() == [8, 12]
+
+
+def test_what_two_runs_share_is_named():
+    from emkit.analysis.adapters import relation
+
+    assert relation("1B", "medical", 0, "1B", "medical", 1) == "same domain, other seed"
+    assert relation("1B", "medical", 0, "1B", "sports", 0) == "other domain, same seed"
+    assert relation("1B", "medical", 0, "1B", "sports", 2) == "other domain, other seed"
+    assert relation("1B", "medical", 0, "8B", "medical", 0) == "other model"

@@ -78,3 +78,37 @@ def test_a_changed_training_setting_is_refused_for_an_existing_run(smoke_run, tm
     result = run_emkit("run", "--config", config, "--out", out, check=False)
     assert result.returncode == 2
     assert "training.learning_rate = 0.01" in result.stderr and "new --out directory" in result.stderr
+
+
+def dense_update(folder):
+    """The adapter's dW = scale * B @ A of every module, flattened, formed the way a notebook does."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / (config["r"] ** 0.5 if config.get("use_rslora") else config["r"])
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    parts = []
+    for key in sorted(k for k in tensors if ".lora_A." in k):
+        a, b = tensors[key].double(), tensors[key.replace(".lora_A.", ".lora_B.")].double()
+        parts.append((scale * b @ a).flatten())
+    return torch.cat(parts)
+
+
+def test_the_runs_final_updates_are_compared_in_the_report(smoke_run):
+    """The two domains' final adapters, as the real trainer saved them: the exported cosine is the
+    cosine of their dense updates, and the report reads it as two runs of one seed."""
+    import pandas as pd
+
+    out, _ = smoke_run
+    pairs = pd.read_csv(out / "exports" / "adapter_similarity.csv")
+    assert len(pairs) == 1
+    pair = pairs.iloc[0]
+    assert pair["relation"] == "other domain, same seed" and pair["step_a"] == pair["step_b"] == 16
+    left, right = (dense_update(out / "adapters" / pair[key] / "step-000016") for key in ("run_key_a", "run_key_b"))
+    expected = float(left @ right / (left.norm() * right.norm()))
+    assert pair["cosine"] == pytest.approx(expected, abs=1e-9)
+    report = (out / "report.html").read_text()
+    assert "Do runs learn the same update?" in report and "other domain, same seed" in report

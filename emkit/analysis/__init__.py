@@ -159,13 +159,13 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True) -> RunT
         "timing": json.loads(timing[0]) if timing else None,  # emkit.execution.timing, of the latest `emkit run`
     }
     def load_adapters():
-        from emkit.analysis.adapters import run_adapters
+        from emkit.analysis.adapters import describe_pairs, run_adapters
 
-        per_module, per_step = run_adapters(run_dir, checkpoints)
+        per_module, per_step, similarity = run_adapters(run_dir, checkpoints)
         described = runs[["run_key", "model_label", "domain", "seed_run"]].rename(
             columns={"model_label": "model", "seed_run": "seed"})
         return (described.merge(per_module, on="run_key", how="inner"),
-                described.merge(per_step, on="run_key", how="inner"))
+                described.merge(per_step, on="run_key", how="inner"), describe_pairs(similarity, described))
 
     tables = build_tables(judged, _em_from_config(config, em), info, text_loader=load_text,
                           adapter_loader=load_adapters)

@@ -17,6 +17,9 @@ updates comes from the Gram matrix (as in kernel PCA). Each module is read from 
 checkpoint's file in turn (safetensors opens lazily), so memory holds one module at a time.
 
 Step 0 is the base model: dW = 0, the origin the PCA path starts from.
+
+Across runs, the same inner products compare the final updates of runs on one base model: does
+a run learn the update another seed or another domain learns? (``update_similarity``.)
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ _LAYER = re.compile(r"\.layers\.(\d+)\.")
 MODULE_COLUMNS = ["run_key", "step", "layer", "module", "name", "rank", "scale", "norm_a", "norm_b", "norm_ba"]
 STEP_COLUMNS = ["run_key", "step", "norm_a", "norm_b", "norm_ba", "cos_prev", "cos_final", "pc1", "pc2",
                 "pc1_share", "pc2_share"]
+SIMILARITY_COLUMNS = ["run_key_a", "run_key_b", "step_a", "step_b", "cosine"]
 
 
 def _scale(config: dict, module: str) -> tuple[int, float]:
@@ -64,6 +68,16 @@ def _modules(path: Path) -> dict[str, tuple[str, str]]:
             if match:
                 parts.setdefault(match["module"], {})[match["part"]] = key
     return {module: (p["A"], p["B"]) for module, p in parts.items() if "A" in p and "B" in p}
+
+
+def _signature(path: Path, modules: dict[str, tuple[str, str]]) -> frozenset:
+    """What two adapters must share for their updates to be compared: the same modules, saved under
+    the same names, with the same shapes (so the same base model, target modules and ranks)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return frozenset((module, a, b, tuple(handle.get_slice(a).get_shape()), tuple(handle.get_slice(b).get_shape()))
+                         for module, (a, b) in modules.items())
 
 
 def _short(module: str) -> tuple[int, str]:
@@ -169,15 +183,65 @@ def pca_from_gram(gram: np.ndarray, components: int = 2) -> tuple[np.ndarray, np
     return coordinates, shares
 
 
-def run_adapters(run_dir: Path, checkpoints: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Both tables for every training run of a run directory. ``checkpoints``: the store's rows
-    (run_key, step, adapter_path). A path that moved with the directory is found under it. A run
-    whose adapters cannot be read is left out with a warning: the report of everything else must
-    still be written."""
+def update_similarity(finals: dict[str, tuple[int, Path]]) -> pd.DataFrame:
+    """The cosine between the updates dW of several runs (run key -> (step, adapter folder)), a row
+    per pair that can be compared: the same modules with the same shapes. Runs on different base
+    models, target modules or ranks are not compared. The cosine is of dW flattened over every
+    module, from the same r x r inner products as the trajectory, so no dW is formed."""
+    from safetensors import safe_open
+
+    groups: dict[frozenset, list[str]] = {}
+    modules_of = {}
+    for key in sorted(finals):
+        path = Path(finals[key][1]) / ADAPTER_FILE
+        modules_of[key] = _modules(path)
+        groups.setdefault(_signature(path, modules_of[key]), []).append(key)
+    rows = []
+    for keys in groups.values():
+        if len(keys) < 2:
+            continue
+        folders = [Path(finals[key][1]) for key in keys]
+        configs = [json.loads((folder / CONFIG_FILE).read_text()) for folder in folders]
+        with ExitStack() as stack:
+            handles = [stack.enter_context(safe_open(str(folder / ADAPTER_FILE), framework="pt")) for folder in folders]
+            gram = _measure(handles, modules_of[keys[0]], configs, list(range(len(keys))), "")[0]
+        norms = np.sqrt(np.clip(np.diag(gram), 0, None))
+        for i in range(len(keys)):
+            for j in range(i + 1, len(keys)):
+                cosine = gram[i, j] / (norms[i] * norms[j]) if norms[i] > 0 and norms[j] > 0 else np.nan
+                rows.append((keys[i], keys[j], finals[keys[i]][0], finals[keys[j]][0], float(cosine)))
+    return pd.DataFrame(rows, columns=SIMILARITY_COLUMNS)
+
+
+def relation(model_a, domain_a, seed_a, model_b, domain_b, seed_b) -> str:
+    """What two runs share, for reading their cosine: runs of one seed start from the same random A
+    (the trainers seed the LoRA initialisation), so part of their cosine is that shared start."""
+    if model_a != model_b:
+        return "other model"
+    if domain_a == domain_b:
+        return "same domain, other seed" if seed_a != seed_b else "same domain and seed"
+    return "other domain, same seed" if seed_a == seed_b else "other domain, other seed"
+
+
+def describe_pairs(similarity: pd.DataFrame, described: pd.DataFrame) -> pd.DataFrame:
+    """The similarity table with each side's model, domain and seed (``described``: run_key, model,
+    domain, seed) and the pair's ``relation``."""
+    sides = [described.rename(columns={c: f"{c}_{side}" for c in described.columns}) for side in "ab"]
+    pairs = similarity.merge(sides[0], on="run_key_a").merge(sides[1], on="run_key_b")
+    pairs = pairs[[c for side in sides for c in side.columns if not c.startswith("run_key")] + list(similarity.columns)]
+    pairs.insert(6, "relation", [relation(*values) for values in pairs.iloc[:, :6].itertuples(index=False)])
+    return pairs
+
+
+def run_adapters(run_dir: Path, checkpoints: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The tables for every training run of a run directory: per module, per checkpoint, and the
+    similarity of the runs' final updates. ``checkpoints``: the store's rows (run_key, step,
+    adapter_path). A path that moved with the directory is found under it. A run whose adapters
+    cannot be read is left out with a warning: the report of everything else must still be written."""
     import logging
 
     run_dir = Path(run_dir)
-    modules, steps = [], []
+    modules, steps, finals = [], [], {}
     for run_key, group in checkpoints.groupby("run_key", sort=True):
         found = {}
         for row in group.itertuples():
@@ -198,6 +262,8 @@ def run_adapters(run_dir: Path, checkpoints: pd.DataFrame) -> tuple[pd.DataFrame
             continue
         modules.append(per_module)
         steps.append(per_step)
+        finals[str(run_key)] = (max(found), found[max(found)])
     if not steps:
-        return pd.DataFrame(columns=MODULE_COLUMNS), pd.DataFrame(columns=STEP_COLUMNS)
-    return pd.concat(modules, ignore_index=True), pd.concat(steps, ignore_index=True)
+        return (pd.DataFrame(columns=MODULE_COLUMNS), pd.DataFrame(columns=STEP_COLUMNS),
+                pd.DataFrame(columns=SIMILARITY_COLUMNS))
+    return pd.concat(modules, ignore_index=True), pd.concat(steps, ignore_index=True), update_similarity(finals)

@@ -54,7 +54,7 @@ class RunTables:
     # counts per question of every trajectory row (general, domain and all; step 0 in each seed):
     # what the cluster bootstrap resamples
     question_counts: pd.DataFrame = field(default_factory=pd.DataFrame)
-    adapter_loader: Callable | None = None  # () -> (per module, per checkpoint) tables: emkit.analysis.adapters
+    adapter_loader: Callable | None = None  # () -> (per module, per checkpoint, similarity): emkit.analysis.adapters
     _adapter_tables: tuple | None = field(default=None, repr=False)
 
     @property
@@ -68,12 +68,20 @@ class RunTables:
         """The norms of A, B and BA per checkpoint, layer and module."""
         return self._adapters()[0]
 
+    @property
+    def adapter_similarity(self) -> pd.DataFrame:
+        """The cosine between the final updates dW of every two runs on the same base model (a row
+        per pair: model, domain and seed of each side, their steps, the cosine)."""
+        return self._adapters()[2]
+
     def _adapters(self) -> tuple:
         if self._adapter_tables is None:
-            from emkit.analysis.adapters import MODULE_COLUMNS, STEP_COLUMNS
+            from emkit.analysis.adapters import MODULE_COLUMNS, SIMILARITY_COLUMNS, STEP_COLUMNS
 
             described = ["model", "domain", "seed"]  # what load_run adds to each run_key
-            empty = (pd.DataFrame(columns=described + MODULE_COLUMNS), pd.DataFrame(columns=described + STEP_COLUMNS))
+            pairs = [f"{column}_{side}" for side in "ab" for column in described]
+            empty = (pd.DataFrame(columns=described + MODULE_COLUMNS), pd.DataFrame(columns=described + STEP_COLUMNS),
+                     pd.DataFrame(columns=pairs + ["relation"] + SIMILARITY_COLUMNS))
             self._adapter_tables = self.adapter_loader() if self.adapter_loader is not None else empty
         return self._adapter_tables
 
