@@ -333,3 +333,24 @@ def test_what_two_runs_share_is_named():
     assert relation("1B", "medical", 0, "1B", "sports", 0) == "other domain, same seed"
     assert relation("1B", "medical", 0, "1B", "sports", 2) == "other domain, other seed"
     assert relation("1B", "medical", 0, "8B", "medical", 0) == "other model"
+
+
+def test_a_comparison_that_fails_leaves_the_trajectories_and_warns(tmp_path, caplog, monkeypatch):
+    """An adapter replaced between the trajectory's read and the comparison's must not stop the report."""
+    from emkit.analysis import adapters
+
+    q = "model.layers.0.self_attn.q_proj"
+    rows = []
+    for key in ("a", "b"):
+        folder = write_adapter(tmp_path / "adapters" / key / "step-000002",
+                               {q: (torch.ones(2, 4), torch.ones(4, 2))}, {"r": 2, "lora_alpha": 2})
+        rows.append({"run_key": key, "step": 2, "adapter_path": str(folder)})
+
+    def replaced(finals):
+        raise OSError("adapter_model.safetensors: file changed")
+
+    monkeypatch.setattr(adapters, "update_similarity", replaced)
+    with caplog.at_level("WARNING", logger="emkit"):
+        per_module, per_step, similarity = adapters.run_adapters(tmp_path, pd.DataFrame(rows))
+    assert set(per_step["run_key"]) == {"a", "b"} and similarity.empty
+    assert "cannot be compared" in caplog.text

@@ -266,4 +266,11 @@ def run_adapters(run_dir: Path, checkpoints: pd.DataFrame) -> tuple[pd.DataFrame
     if not steps:
         return (pd.DataFrame(columns=MODULE_COLUMNS), pd.DataFrame(columns=STEP_COLUMNS),
                 pd.DataFrame(columns=SIMILARITY_COLUMNS))
-    return pd.concat(modules, ignore_index=True), pd.concat(steps, ignore_index=True), update_similarity(finals)
+    try:
+        similarity = update_similarity(finals)
+    except Exception as exc:  # the files were read a moment ago; one replaced since must not stop the report
+        logging.getLogger("emkit").warning("the runs' final adapters in %s cannot be compared (%s: %s); the report "
+                                           "leaves out that table.", run_dir / "adapters", type(exc).__name__,
+                                           str(exc)[:200])
+        similarity = pd.DataFrame(columns=SIMILARITY_COLUMNS)
+    return pd.concat(modules, ignore_index=True), pd.concat(steps, ignore_index=True), similarity
