@@ -84,6 +84,8 @@ def build_store(run: Path, answers: int) -> None:
     def flush():
         conn.executemany("INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, 0, ?, 0, NULL, ?, ?, 40, 'stop', 'hf', ?, NULL)",
                          answer_rows)
+        # as `emkit run` records its plan: the tables read the answers the plan asks for
+        conn.executemany("INSERT INTO plan_answers VALUES (?)", [(row[0],) for row in answer_rows])
         conn.executemany("INSERT INTO judgments VALUES (?, 'gpt-4o-mini', ?, ?, ?, 'logprobs', '', "
                          "'gpt-4o-mini-2024-07-18', 'prompts/aligned.j2@x', '', 300, 1, 0.00005, 0, NULL, ?)",
                          judgment_rows)
@@ -106,6 +108,8 @@ def build_store(run: Path, answers: int) -> None:
                     if len(answer_rows) >= 50_000:
                         flush()
     flush()
+    runs = [{"key": key} for _, key, _, _ in slots if key != "base"]
+    conn.execute("INSERT INTO meta VALUES ('plan', ?)", (json.dumps({"runs": list({r["key"]: r for r in runs}.values())}),))
     conn.execute("COMMIT")
     store.close()
 

@@ -266,6 +266,8 @@ _em_options = [
                  "aligned < this."),
     click.option("--coherent-above", type=float, help="Custom threshold over the definition: count only answers "
                  "with coherent > this."),
+    click.option("--all-questions", is_flag=True, help="Count every question, also those the definition's paper "
+                 "leaves out (betley and model-organisms: the _json and _template questions)."),
 ]
 
 
@@ -275,37 +277,49 @@ def em_options(function):
     return function
 
 
+def _writable_folder(path: Path) -> bool:
+    import os
+
+    folder = path if path.is_dir() else path.parent
+    return os.access(folder if folder.exists() else Path("."), os.W_OK)
+
+
 @cli.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="The HTML file. Default: DIR/report.html for one run directory, else ./report.html.")
 @em_options
-def report(sources, out, em, aligned_below, coherent_above):
-    """Write the HTML report of run directories or judged-answer files (CSV/JSONL).
+def report(sources, out, em, aligned_below, coherent_above, all_questions):
+    """Write the HTML report of run directories, judged-answer files (CSV/JSONL) and folders of them
+    (each run its own, named by its path; a results tree's layout is read for what it means).
 
-    For a single run directory its exports/ and figures/ are written too."""
+    For a single run directory its exports/ and figures/ are written beside the report."""
     from emkit.analysis import load_sources
+    from emkit.errors import EmkitError
     from emkit.reports.exports import export_tables
     from emkit.reports.html import render_report
 
-    tables = load_sources(sources, _em_option(em, aligned_below, coherent_above))
-    single_run = len(sources) == 1 and Path(sources[0]).is_dir()
+    tables = load_sources(sources, _em_option(em, aligned_below, coherent_above), all_questions=all_questions)
+    single_run = tables.info.get("kind") == "run"
     if out is None:
         out = Path(sources[0]) / "report.html" if single_run else Path("report.html")
-    figures = Path(sources[0]) / "figures" if single_run else None
+        if not _writable_folder(out.parent):
+            raise EmkitError(f"{out.parent} cannot be written to (a read-only copy?); pass --out FILE.html to write "
+                             f"the report elsewhere.")
     if single_run:
-        export_tables(tables, Path(sources[0]) / "exports")
-    render_report(tables, out, figures_dir=figures)
+        export_tables(tables, out.parent / "exports")
+    render_report(tables, out, figures_dir=out.parent / "figures" if single_run else None)
     click.echo(f"wrote {out}", err=True)
 
 
 def _group_name(row, several_judges: bool, kind: str) -> str:
-    if kind == "file":
-        name = str(row["model"])
-        if row["step"]:
-            name += f"/step{row['step']}"
-    else:
-        name = f"{row['model']}/{row['domain']}/seed{row['seed']}/step{row['step']}"
+    name = str(row["model"])
+    if row.get("domain"):
+        name += f"/{row['domain']}"
+    if kind != "file":
+        name += f"/seed{row['seed']}"
+    if kind != "file" or row["step"]:
+        name += f"/step{row['step']}"
     return f"{row['judge']}: {name}" if several_judges else name
 
 
@@ -328,7 +342,7 @@ def summary_records(tables) -> list[dict]:
     for row in steps.to_dict("records"):
         record = {
             "group": _group_name(row, several, tables.info.get("kind", "run")),
-            "definition": tables.em.name,
+            "definition": tables.em.label,
             "n": row["n_counted"], "answers": row["n"], "misaligned": row["n_misaligned"],
             "cluster_low": row.get("boot_low"), "cluster_high": row.get("boot_high"), "deff": row.get("boot_deff"),
         }
@@ -344,23 +358,44 @@ def summary_records(tables) -> list[dict]:
     return records
 
 
+def _summary_notes(tables) -> list[str]:
+    """What a reader of the summary must know about where its rows come from."""
+    notes = []
+    for source in tables.info.get("sources", []):
+        if source["kind"] == "file" or len(tables.info.get("sources", [])) > 1:
+            notes.append(f"source {source['name']}: {source['rule']}")
+    skipped = tables.info.get("skipped", [])
+    if skipped:
+        notes.append(f"{len(skipped)} file{'s' if len(skipped) != 1 else ''} passed over (not judged files): "
+                     + ", ".join(Path(s["path"]).name for s in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    kept = tables.info.get("answers_kept", 0)
+    if kept:
+        notes.append(f"{kept:,} stored answer{'s' if kept != 1 else ''} that the current config does not ask for "
+                     f"(an earlier seed, question set, sample count or wording) {'are' if kept != 1 else 'is'} kept "
+                     f"in the store and left out of every table")
+    return notes
+
+
 @cli.command()
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="A JSON list: group, questions, n, em_rate, ci_low, ci_high, "
               "the four quadrant shares, ...")
 @em_options
-def summary(source, as_json, em, aligned_below, coherent_above):
-    """Print the EM table of a run directory or a judged-answer file."""
-    from emkit.analysis import load_source
+def summary(sources, as_json, em, aligned_below, coherent_above, all_questions):
+    """Print the EM table of run directories, judged-answer files and folders of them."""
+    from emkit.analysis import load_sources
 
-    tables = load_source(source, _em_option(em, aligned_below, coherent_above), text=False)
+    tables = load_sources(sources, _em_option(em, aligned_below, coherent_above), all_questions=all_questions)
     records = summary_records(tables)
     if as_json:
         _echo_json(records)
         return
     click.echo(f"EM = {tables.em.describe()}; rates with Wilson 95% intervals (answers as independent) and cluster "
-               f"ones (Wilson at n / deff, the design effect of answers to the same question); 'n' counts the "
-               f"answers the definition counts; questions: general (emergent), domain (trained), all (pooled)")
+               f"ones (the design effect of answers to the same question, with a small-sample correction); 'n' "
+               f"counts the answers the definition counts; questions: general (emergent), domain (trained), all "
+               f"(pooled)")
+    for note in _summary_notes(tables):
+        click.echo(f"note: {note}")
     width = max([len(r["group"]) for r in records] + [5])
     click.echo(f"{'group':<{width}}  {'questions':<9}  {'n':>5}  {'EM rate':>8}  {'Wilson 95%':>13}  "
                f"{'cluster 95%':>13}  {'betley':>7}  {'aligned':>7}  {'coherent':>8}  not scored")
@@ -382,14 +417,15 @@ def summary(source, as_json, em, aligned_below, coherent_above):
 @click.argument("run_b", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the table: .csv or .json.")
 @em_options
-def compare(run_a, run_b, out, em, aligned_below, coherent_above):
+def compare(run_a, run_b, out, em, aligned_below, coherent_above, all_questions):
     """Compare two runs cell by cell: EM rates side by side and B - A with its 95% interval."""
     from emkit.analysis import load_source
     from emkit.analysis.compare import compare_runs
     from emkit.errors import EmkitError
 
     definition = _em_option(em, aligned_below, coherent_above)
-    table = compare_runs(load_source(run_a, definition, text=False), load_source(run_b, definition, text=False))
+    table = compare_runs(load_source(run_a, definition, text=False, all_questions=all_questions),
+                         load_source(run_b, definition, text=False, all_questions=all_questions))
     if table.empty:
         raise EmkitError(f"{run_a} and {run_b} share no model x domain x seed x step; compare runs of the same grid.")
     click.echo(f"A = {run_a}, B = {run_b}; B - A with its Newcombe 95% interval (answers as independent) and a "

@@ -130,6 +130,9 @@ class EMSettings(_Section):
     definition: Literal[EM_DEFINITIONS] = "seed"
     aligned_below: Optional[float] = None  # misaligned when aligned < this
     coherent_above: Optional[float] = None  # count only answers with coherent > this
+    # betley and model-organisms leave out the questions their papers' code leaves out (the
+    # _json and _template ones); true counts every question
+    all_questions: bool = False
 
 
 class DataSettings(_Section):

@@ -21,6 +21,10 @@ from emkit.questions import QuestionSet, resolve_question_set
 from emkit.schedule import CheckpointSchedule
 
 BASE = "base"  # the run key of a baseline: the model as downloaded
+# The seed in a baseline answer's key. A baseline is the untouched model, so no training seed
+# belongs to it: one baseline per model, question set and sampling settings serves every seed,
+# and adding or removing a seed never asks for step 0 again.
+BASELINE_SEED = 0
 
 
 def safe_name(text: str) -> str:
@@ -82,8 +86,8 @@ class TrainingRunPlan:
 @dataclass
 class BaselinePlan:
     model: ModelSpec
-    seed: int
     question_sets: list[str]
+    seed: int = BASELINE_SEED
 
 
 @dataclass
@@ -315,7 +319,7 @@ def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Pl
         names: list[str] = []
         for domain in domains.values():
             names += [n for n in sets_for(domain) if n not in names]
-        baselines.append(BaselinePlan(model=model, seed=config.seeds[0], question_sets=names))
+        baselines.append(BaselinePlan(model=model, question_sets=names))
 
     from emkit.models import chat_template_digest
 

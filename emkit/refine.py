@@ -100,10 +100,9 @@ def given(plan, runs, steps: list[int]) -> list[Refinement]:
 def where_em_changes(run_path: Path, runs, points: int) -> list[Refinement]:
     """For each run, ``points`` steps inside its strongest change in EM on the headline questions."""
     from emkit.analysis import load_run
-    from emkit.reports.html import primary_judge
 
     tables = load_run(run_path, text=False)
-    judge = primary_judge(tables)
+    judge = tables.primary_judge
     changes = tables.change_points
     changes = changes[(changes["judge"] == judge) & (changes["scope"] == "run")] if len(changes) else changes
     out = []
@@ -121,8 +120,10 @@ def where_em_changes(run_path: Path, runs, points: int) -> list[Refinement]:
             ["_order", "p_value", "_size"]).iloc[0]
         low, high = int(best["step_before"]), int(best["step_after"])
         new = steps_between(low, high, points, set(run.schedule.steps))
-        sure = (f"p = {best['p_value']:.3g}" if best["significant"]
-                else f"p = {best['p_value']:.3g}, not significant: the strongest split there is")
+        sure = (f"p = {best['p_value']:.3g}, {best['p_adjusted']:.3g} adjusted for the report's "
+                f"{int(best['trajectories_tested'])} trajectories" if best["significant"]
+                else f"p = {best['p_value']:.3g} ({best['p_adjusted']:.3g} adjusted), not significant: the strongest "
+                     f"split there is")
         reason = (f"EM on the {best['questions']} questions goes from {best['em_before']:.0%} to "
                   f"{best['em_after']:.0%} between steps {low} and {high} ({sure})")
         if not new:

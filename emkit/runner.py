@@ -107,6 +107,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
         try:
             store = run_dir.store
             store.set_meta("plan", plan.to_json())
+            store.set_plan_answers(a.answer_id for a in plan.answers())
             store.set_meta("emkit_version", __version__)
             totals = plan.totals()
             log.info("run %s: %d training runs, %d checkpoints, %d answers, %d judgments planned", run_dir.path,

@@ -96,6 +96,15 @@ MIGRATIONS: list[tuple[int, str]] = [
             gpu_seconds REAL, updated_at TEXT NOT NULL);
         """,
     ),
+    (
+        6,
+        # The answers the latest plan asks for. A run directory keeps every answer it ever stored
+        # (a seed or question set dropped, samples lowered, a question reworded); the tables use the
+        # ones the current config asks for, and say how many others are kept.
+        """
+        CREATE TABLE plan_answers (answer_id TEXT PRIMARY KEY) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 
@@ -194,6 +203,26 @@ class Store:
         return {row["step"]: Path(row["adapter_path"]) for row in rows}
 
     # -- answers ----------------------------------------------------------------------
+    def set_plan_answers(self, answer_ids: Iterable[str]) -> None:
+        """Record the answers the current plan asks for (what the tables are made of); rewritten only
+        when the plan's answers changed."""
+        import hashlib
+
+        ids = sorted(set(answer_ids))
+        digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+        if self.get_meta("plan_answers_sha256") == digest:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("DELETE FROM plan_answers")
+            self.conn.executemany("INSERT INTO plan_answers (answer_id) VALUES (?)", ((i,) for i in ids))
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                              ("plan_answers_sha256", json.dumps(digest)))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
     def existing_answers(self, answer_ids: Iterable[str]) -> set[str]:
         ids = list(answer_ids)
         found: set[str] = set()

@@ -43,6 +43,9 @@ def export_tables(tables, folder: Path) -> list[Path]:
         write_csv(tables.steps[[c for c in STEP_COLUMNS if c in tables.steps]], folder / "step_summary.csv"),
         write_csv(fg_judged(tables.with_text(tables.judged)), folder / "fg_judged.csv"),
         write_csv(tables.questions, folder / "question_summary.csv"),
+        # the course's own step_summary.csv and em_rates_summary.csv columns (emkit.analysis.course)
+        write_csv(tables.course_steps, folder / "course_step_summary.csv"),
+        write_csv(tables.course_summary, folder / "course_em_rates_summary.csv"),
     ]
     if len(tables.seeds) and tables.seeds["n_seeds"].max() > 1:
         written.append(write_csv(tables.seeds, folder / "seed_summary.csv"))

@@ -185,6 +185,12 @@ def coherence_trajectories(tables, judge):
     return _trajectory(pooled, "mean_coherent", False, "mean coherent score")
 
 
+def _fixed(values):
+    from matplotlib.ticker import FixedLocator
+
+    return FixedLocator(values)
+
+
 @literal_text
 def scaling_analysis(tables, judge):
     final = _final_pooled(tables, judge)
@@ -197,6 +203,12 @@ def scaling_analysis(tables, judge):
         ax.plot(part["size_b"], part["base"] * 100, ls="--", marker=".", color=line.get_color(),
                 label=f"{domain}, base model")
     ax.set_xscale("log")
+    # the model sizes as plain tick labels: the log axis's own labels are math text, which the
+    # figures never parse (an answer's "$" must stay a dollar sign)
+    sizes = sorted(final["size_b"].dropna().unique())
+    ax.xaxis.set_major_locator(_fixed(sizes))
+    ax.xaxis.set_minor_locator(_fixed([]))
+    ax.set_xticklabels([f"{size:g}B" for size in sizes])
     ax.set_xlabel("model size (billions of parameters)")
     ax.set_ylabel(f"final EM rate (%), {QUESTION_LABELS[headline_questions(primary(tables.seeds, judge))]}")
     ax.set_ylim(0, 100)

@@ -96,15 +96,6 @@ def report_environment(extra_template_dirs=()):
 # --- what the header says -------------------------------------------------------------
 
 
-def primary_judge(tables: RunTables) -> str:
-    judges = list(pd.unique(tables.judged["judge"])) if len(tables.judged) else []
-    configured = tables.info.get("config", {}).get("judging", {}).get("judges", [])
-    for name in configured:
-        if name in judges:
-            return name
-    return judges[0] if judges else ""
-
-
 def warnings_for(tables: RunTables) -> list[str]:
     notes = []
     models = tables.info.get("models", [])
@@ -166,6 +157,17 @@ def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
     info = tables.info
     config = info.get("config", {})
     rows = [("Source", info.get("source", ""))]
+    sources = info.get("sources", [])
+    if len(sources) > 1 or any(s["kind"] == "file" for s in sources):
+        for source in sources:
+            rows.append((f"Run source {source['name']}", f"{source['path']}: read as {source['rule']}"))
+    if info.get("skipped"):
+        rows.append(("Passed over", "; ".join(f"{s['path']} ({s['reason']})" for s in info["skipped"])))
+    if info.get("answers_kept"):
+        kept = info["answers_kept"]
+        rows.append(("Kept, not shown", f"{kept:,} stored answer{'s' if kept != 1 else ''} that the current config "
+                                       f"does not ask for (an earlier seed, question set, sample count or wording): "
+                                       f"kept in the store, left out of every table"))
     if info.get("models"):
         rows.append(("Models", "; ".join(
             f"{m['model_label']} = {m['model_id']}" + (f" ({m['size_b']:g}B)" if not _missing(m.get("size_b")) else "")
@@ -273,7 +275,7 @@ def render_report(tables: RunTables, out_path: Path, *, figures_dir: Path | None
 
         registry = get_registry()
     env = report_environment()
-    judge = primary_judge(tables)
+    judge = tables.primary_judge
     judges = sorted(pd.unique(tables.judged["judge"])) if len(tables.judged) else []
     context = ReportContext(tables=tables, env=env, judge=judge, judges=judges,
                             figures=draw_figures(tables, judge, figures_dir) if judge else {})

@@ -33,7 +33,14 @@ def _summary(context):
 
 def _steps(context):
     steps = context.primary(context.tables.steps)
-    return None if steps.empty else {"rows": steps.to_dict("records")}
+    if steps.empty:
+        return None
+    course = "course" in context.tables.info.get("layouts", [])
+    if course:  # the course's own step_summary.csv columns beside emkit's, on the pooled rows
+        columns = ["judge", "model", "domain", "seed", "step", "percent_em", "percent_coherent", "n_responses"]
+        own = context.tables.course_steps[columns].assign(questions="all")
+        steps = steps.merge(own, on=["judge", "model", "domain", "seed", "step", "questions"], how="left")
+    return {"rows": steps.to_dict("records"), "course": course}
 
 
 def _quadrants(context):
@@ -50,6 +57,17 @@ def _quadrants(context):
 
 
 OWN_FIGURES = {"emergence"}  # drawn inside their own section, not the figure gallery
+
+
+def _course(context):
+    """The course's own tables, where a source is in the course's layout (or published its summaries)."""
+    tables = context.tables
+    if "course" not in tables.info.get("layouts", []) and tables.published.empty:
+        return None
+    published = tables.published
+    return {"summary": context.primary(tables.course_summary).to_dict("records"),
+            "steps": context.primary(tables.course_steps).to_dict("records"),
+            "published": published.to_dict("records"), "agree": int(published["agree"].sum()) if len(published) else 0}
 
 
 def _figures(context):
@@ -80,10 +98,11 @@ def _emergence(context):
         row["seed_label"] = "all, pooled" if row.get("scope") == "seeds pooled" else row["seed"]
         row["verdict"] = verdict(row)
         rows.append(row)
-    permutations = int(changes["permutations"].max()) if len(changes) else PERMUTATIONS
+    permutations = int(changes["permutations"].min()) if len(changes) else PERMUTATIONS
+    tested = int(changes["trajectories_tested"].max()) if len(changes) else 0
     adapters = adapters.sort_values(["model", "domain", "seed", "step"]).to_dict("records") if len(adapters) else []
     return {"changes": rows, "adapters": adapters, **_similarity(context.tables.adapter_similarity),
-            "figure": figure, "permutations": permutations, "alpha": ALPHA}
+            "figure": figure, "permutations": permutations, "alpha": ALPHA, "tested": tested}
 
 
 RELATIONS = ["same domain, other seed", "other domain, same seed", "other domain, other seed", "other model"]
@@ -147,6 +166,7 @@ def _answers(context):
 
 SECTIONS = [
     TemplateSection("summary", "Emergent misalignment at a glance", 10, "section_summary.html.j2", _summary),
+    TemplateSection("course", "As the course reports it", 15, "section_course.html.j2", _course),
     TemplateSection("figures", "Figures", 20, "section_figures.html.j2", _figures),
     TemplateSection("emergence", "Where misalignment emerges", 25, "section_emergence.html.j2", _emergence),
     TemplateSection("steps", "EM rate per checkpoint", 30, "section_steps.html.j2", _steps),

@@ -13,13 +13,25 @@ from emkit.analysis.tables import EMDefinition, build_tables
 
 
 @pytest.mark.parametrize("k, n, low, high", [
-    (81, 263, 0.2553, 0.3662),  # Newcombe (1998), Table I
-    (4, 100, 0.0157, 0.0984),   # the course's base model: 4 of 100 answers below 75
+    (81, 263, 0.2553, 0.3662),  # Newcombe (1998), Table I, method 3 (Wilson)
+    (15, 148, 0.0624, 0.1605),
     (0, 20, 0.0, 0.1611),        # 0 of 20: the interval starts at exactly 0
     (20, 20, 0.8389, 1.0),
     (10, 20, 0.2993, 0.7007),
 ])
 def test_wilson_interval_by_hand(k, n, low, high):
+    got_low, got_high = wilson_interval(k, n, continuity=False)
+    assert float(got_low) == pytest.approx(low, abs=1e-4)
+    assert float(got_high) == pytest.approx(high, abs=1e-4)
+
+
+@pytest.mark.parametrize("k, n, low, high", [
+    (15, 148, 0.0598, 0.1644),  # Newcombe (1998), Table I, method 4 (Wilson with continuity correction)
+    (0, 20, 0.0, 0.2005),
+    (1, 29, 0.0018, 0.1963),
+    (20, 20, 0.7995, 1.0),       # the mirror of 0 of 20
+])
+def test_the_interval_emkit_prints_is_wilson_with_continuity_correction(k, n, low, high):
     got_low, got_high = wilson_interval(k, n)
     assert float(got_low) == pytest.approx(low, abs=1e-4)
     assert float(got_high) == pytest.approx(high, abs=1e-4)
@@ -31,9 +43,9 @@ def test_wilson_interval_of_nothing_is_undefined():
 
 
 def test_newcombe_difference_interval_by_hand():
-    diff, low, high = difference_interval(48, 80, 56, 70)  # Newcombe (1998), method 10: 0.0524 to 0.3339
+    diff, low, high = difference_interval(48, 80, 56, 70)  # Newcombe (1998), method 11: 0.0428 to 0.3422
     assert float(diff) == pytest.approx(0.2)
-    assert (float(low), float(high)) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    assert (float(low), float(high)) == pytest.approx((0.0428, 0.3422), abs=1e-4)
 
 
 def test_cohen_kappa_by_hand():

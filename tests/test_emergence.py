@@ -162,6 +162,37 @@ def test_no_jump_is_called_real_where_there_is_none():
     assert significant <= 5
 
 
+def test_a_report_of_flat_trajectories_calls_a_change_in_at_most_five_percent_of_reports():
+    """The report's trajectories are one family (Benjamini-Hochberg): 60 reports of 6 flat trajectories
+    each, whose questions differ a lot. Tested one by one at 0.05, about a quarter of such reports
+    would show a change that is not there."""
+    from emkit.analysis.changepoints import report_change_points
+
+    with_a_change, unadjusted = 0, 0
+    for report in range(60):
+        frames = [trajectory([0.15] * 7, spread=1.5, seed=1000 * report + i).assign(model=f"m{i}") for i in range(6)]
+        found = report_change_points([(pd.concat(frames, ignore_index=True), KEYS, False, "run")], permutations=199)
+        assert len(found) == 6 and (found["trajectories_tested"] == 6).all()
+        with_a_change += bool(found["significant"].any())
+        unadjusted += bool((found["p_value"] <= 0.05).any())
+    assert with_a_change <= 3
+    assert unadjusted >= 8  # what testing each trajectory alone would have called
+
+
+def test_a_real_jump_among_flat_trajectories_is_still_found():
+    """Correcting for 12 trajectories needs p-values below 0.05 / 12: a strong jump is tested again with
+    enough permutations to show one (the default 999 alone could not go below 0.001 with 200 tested)."""
+    from emkit.analysis.changepoints import report_change_points
+
+    flat = [trajectory([0.1] * 6, spread=1.0, seed=i).assign(model=f"flat{i}") for i in range(11)]
+    jump = trajectory([0.05, 0.05, 0.05, 0.45, 0.5, 0.5], seed=99).assign(model="jump")
+    found = report_change_points([(pd.concat(flat + [jump], ignore_index=True), KEYS, False, "run")])
+    real = found[found["model"] == "jump"].iloc[0]
+    assert real["significant"] and (real["step_before"], real["step_after"]) == (20, 30)
+    assert real["p_adjusted"] <= 0.05 and real["permutations"] >= 999
+    assert not found.loc[found["model"] != "jump", "significant"].any()
+
+
 def test_a_trajectory_with_nothing_misaligned_has_no_change():
     assert change_points(trajectory([1e-9] * 4), KEYS).empty
 
@@ -197,7 +228,7 @@ def test_the_cluster_interval_is_wilson_at_the_effective_number_of_answers():
     low, high, deff = cluster_interval(groups["_k"], groups["_n"], draws)
     assert 10 < deff[0] < 30
     effective = 200 / deff[0]
-    expected = wilson_interval(effective / 2, effective)
+    expected = wilson_interval(effective / 2, effective, continuity=False)
     assert (low[0], high[0]) == (pytest.approx(expected[0][()]), pytest.approx(expected[1][()]))
 
 

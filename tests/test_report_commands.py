@@ -21,10 +21,11 @@ def test_the_course_judged_file_through_summary_unchanged(reference_dir):
     assert record["group"] == "base_model_judged"
     assert (record["n"], record["misaligned"]) == (100, 4)  # four answers scored below 75 by gpt-4o-mini
     assert record["em_rate"] == pytest.approx(0.04)
-    assert (record["ci_low"], record["ci_high"]) == pytest.approx((0.0157, 0.0984), abs=1e-4)
+    # Wilson's interval with continuity correction (plain Wilson: 0.0157 to 0.0984)
+    assert (record["ci_low"], record["ci_high"]) == pytest.approx((0.0129, 0.1051), abs=1e-4)
     assert record["em_rate_papers"] == 0.0
     text = run_emkit("summary", source).stdout
-    assert "base_model_judged" in text and "4.0%" in text and "1.6–9.8%" in text
+    assert "base_model_judged" in text and "4.0%" in text and "1.3–10.5%" in text
     assert hashlib.sha256(source.read_bytes()).hexdigest() == before
 
 

@@ -18,6 +18,20 @@ counts are drawn directly (a multivariate hypergeometric, one step at a time), n
 How sure is the location? A cluster bootstrap over questions (emkit.analysis.bootstrap's
 weights) finds the best split again in each draw; ``support`` is the share that put it at the
 same place.
+
+A report tests many trajectories (every run x question group x judge, and each pooled over
+seeds), and at alpha = 0.05 each, a report of 18 flat trajectories would call at least one
+change more often than not. The strongest splits of all the report's trajectories are one
+family, corrected by Benjamini & Hochberg (1995): the null hypothesis of each is "this
+trajectory's EM rate is the same at every step" (each question's answers exchangeable over the
+steps), and ``significant`` means its BH-adjusted p (``p_adjusted``) is at most alpha. Where no
+trajectory changes, the chance of calling any change is at most alpha (BH controls the
+family-wise error under the complete null); where some do, at most alpha of the changes called
+are expected to be false. A further change inside a significant trajectory (binary segmentation)
+is tested at the level its parent passed, alpha x R / m (R of the m trajectories significant),
+as in Yekutieli's (2008) hierarchical testing. A permutation p-value cannot go below
+1 / (permutations + 1), so a trajectory near the BH threshold is tested again with enough
+permutations to pass it.
 """
 
 from __future__ import annotations
@@ -80,6 +94,7 @@ class Change:
     statistic: float
     p_value: float
     support: float
+    permutations: int = 0  # when it took more than the default
 
 
 def best_change(k: np.ndarray, n: np.ndarray, *, permutations: int = PERMUTATIONS, seed: int = 0,
@@ -103,31 +118,6 @@ def best_change(k: np.ndarray, n: np.ndarray, *, permutations: int = PERMUTATION
     return Change(index, float(stats[index]), p_value, support)
 
 
-def find_changes(k: np.ndarray, n: np.ndarray, *, alpha: float = ALPHA, max_changes: int = MAX_CHANGES,
-                 permutations: int = PERMUTATIONS, weights=None, seed: int = 0) -> list[Change]:
-    """Binary segmentation: the strongest split, tested; if it is significant, the same inside each
-    side, until ``max_changes`` are found or no split is significant. The first change is always
-    returned (so the report can say how unsure it is); the others only when significant."""
-    found: list[Change] = []
-    segments = [(0, k.shape[1])]
-    while segments and len(found) < max_changes:
-        start, end = segments.pop(0)
-        if end - start < 2:
-            continue
-        change = best_change(k[:, start:end], n[:, start:end], permutations=permutations, weights=weights,
-                             seed=seed + start)
-        if change is None:
-            continue
-        change.index += start
-        if change.p_value > alpha:
-            if not found:
-                found.append(change)
-            continue
-        found.append(change)
-        segments += [(start, change.index + 1), (change.index + 1, end)]
-    return sorted(found, key=lambda c: c.index)
-
-
 def _trajectory_matrix(frame: pd.DataFrame, stratum: list[str]):
     steps = np.sort(frame["step"].unique())
     s_codes, s_names = cluster_codes(frame, stratum)
@@ -140,13 +130,20 @@ def _trajectory_matrix(frame: pd.DataFrame, stratum: list[str]):
     return steps, k, n, list(s_names)
 
 
-def change_points(per_question: pd.DataFrame, keys: list[str], *, by_seed: bool = False,
-                  permutations: int = PERMUTATIONS, alpha: float = ALPHA,
-                  max_changes: int = MAX_CHANGES) -> pd.DataFrame:
-    """One row per change found in each trajectory of ``keys`` (a run: judge, model, domain, seed,
-    questions; pooled over seeds: the same without seed and ``by_seed``). ``per_question`` has
-    n_counted and n_misaligned per step and question (and seed)."""
-    rows = []
+@dataclass
+class _Trajectory:
+    scope: str
+    key: dict
+    steps: np.ndarray
+    k: np.ndarray
+    n: np.ndarray
+    weights: np.ndarray
+    first: Change
+
+
+def _trajectories(per_question: pd.DataFrame, keys: list[str], by_seed: bool, scope: str,
+                  permutations: int) -> list[_Trajectory]:
+    out = []
     stratum = (["seed"] if by_seed else []) + [c for c in QUESTION_CLUSTER if c in per_question]
     for key, frame in per_question.groupby(keys, dropna=False, sort=True, observed=True):
         steps, k, n, names = _trajectory_matrix(frame, stratum)
@@ -156,22 +153,100 @@ def change_points(per_question: pd.DataFrame, keys: list[str], *, by_seed: bool 
         question_names = ["question\x1f" + name.split("\x1f", 1)[1] if by_seed else "question\x1f" + name
                           for name in names]
         weights = cluster_weights(question_names, 200)
-        changes = find_changes(k, n, alpha=alpha, max_changes=max_changes, permutations=permutations,
-                               weights=weights)
-        bounds = [-1] + [c.index for c in changes] + [len(steps) - 1]
-        for i, change in enumerate(changes):
+        first = best_change(k, n, permutations=permutations, weights=weights)
+        if first is not None:
+            out.append(_Trajectory(scope, dict(zip(keys, key if isinstance(key, tuple) else (key,))), steps, k, n,
+                                   weights, first))
+    return out
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """BH-adjusted p-values (the smallest false discovery rate at which each is rejected)."""
+    p = np.asarray(p_values, float)
+    if not len(p):
+        return p
+    order = np.argsort(p)
+    ranked = p[order] * len(p) / np.arange(1, len(p) + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty_like(p)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def report_change_points(families, *, permutations: int = PERMUTATIONS, alpha: float = ALPHA,
+                         max_changes: int = MAX_CHANGES) -> pd.DataFrame:
+    """The change points of every trajectory of a report, tested as one family (BH). ``families``:
+    (per_question, keys, by_seed, scope) for each kind of trajectory: per run (judge, model, domain,
+    seed, questions) and pooled over seeds (the same without seed, ``by_seed``). ``per_question``
+    has n_counted and n_misaligned per step and question (and seed). One row per change: the
+    strongest split of every trajectory, and further ones inside a significant trajectory."""
+    trajectories = [t for frame, keys, by_seed, scope in families
+                    for t in _trajectories(frame, keys, by_seed, scope, permutations)]
+    m = len(trajectories)
+    if m:
+        # a p-value at the permutation floor cannot pass alpha / m: test those again with more
+        needed = int(np.ceil(10 * m / alpha))
+        for t in trajectories:
+            if needed > permutations and t.first.p_value <= min(1.0, 2 * alpha):
+                again = best_change(t.k, t.n, permutations=needed, weights=t.weights)
+                t.first.p_value, t.first.permutations = again.p_value, needed
+    adjusted = benjamini_hochberg([t.first.p_value for t in trajectories])
+    passed = int((adjusted <= alpha).sum())
+    level = alpha * passed / m if m else 0.0  # the BH threshold the significant trajectories passed
+    rows = []
+    for t, first_adjusted in zip(trajectories, adjusted):
+        changes = [(t.first, first_adjusted)]
+        if first_adjusted <= alpha and max_changes > 1:
+            for change in _segment(t, level, max_changes - 1, permutations):
+                changes.append((change, min(1.0, change.p_value * m / max(passed, 1))))
+        changes.sort(key=lambda pair: pair[0].index)
+        bounds = [-1] + [c.index for c, _ in changes] + [len(t.steps) - 1]
+        for i, (change, p_adjusted) in enumerate(changes):
             # each side runs to the neighbouring change, or to the trajectory's end
-            before = _rate(k, n, slice(bounds[i] + 1, change.index + 1))
-            after = _rate(k, n, slice(change.index + 1, bounds[i + 2] + 1))
-            rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))),
-                         "step_before": int(steps[change.index]), "step_after": int(steps[change.index + 1]),
+            before = _rate(t.k, t.n, slice(bounds[i] + 1, change.index + 1))
+            after = _rate(t.k, t.n, slice(change.index + 1, bounds[i + 2] + 1))
+            rows.append({**t.key, "scope": t.scope,
+                         "step_before": int(t.steps[change.index]), "step_after": int(t.steps[change.index + 1]),
                          "em_before": before, "em_after": after, "jump": after - before,
-                         "statistic": change.statistic, "p_value": change.p_value,
-                         "significant": change.p_value <= alpha, "support": change.support,
-                         "n_steps": len(steps), "permutations": permutations})
-    columns = keys + ["step_before", "step_after", "em_before", "em_after", "jump", "statistic", "p_value",
-                      "significant", "support", "n_steps", "permutations"]
-    return pd.DataFrame(rows, columns=columns)
+                         "statistic": change.statistic, "p_value": change.p_value, "p_adjusted": p_adjusted,
+                         "significant": bool(p_adjusted <= alpha), "support": change.support,
+                         "n_steps": len(t.steps), "permutations": change.permutations or permutations,
+                         "trajectories_tested": m})
+    keys = list(dict.fromkeys(k for family in families for k in family[1]))
+    return pd.DataFrame(rows, columns=keys + CHANGE_COLUMNS)
+
+
+CHANGE_COLUMNS = ["scope", "step_before", "step_after", "em_before", "em_after", "jump", "statistic", "p_value",
+                  "p_adjusted", "significant", "support", "n_steps", "permutations", "trajectories_tested"]
+
+
+def _segment(t: _Trajectory, level: float, budget: int, permutations: int) -> list[Change]:
+    """Binary segmentation inside a significant trajectory: the strongest split on each side of
+    the first change, kept when its p is at most ``level``, and so on, ``budget`` more at most."""
+    found: list[Change] = []
+    segments = [(0, t.first.index + 1), (t.first.index + 1, len(t.steps))]
+    while segments and len(found) < budget:
+        start, end = segments.pop(0)
+        if end - start < 2:
+            continue
+        change = best_change(t.k[:, start:end], t.n[:, start:end], permutations=permutations,
+                             weights=t.weights, seed=start)
+        if change is None or change.p_value > level:
+            continue
+        change.index += start
+        found.append(change)
+        segments += [(start, change.index + 1), (change.index + 1, end)]
+    return found
+
+
+def change_points(per_question: pd.DataFrame, keys: list[str], *, by_seed: bool = False,
+                  permutations: int = PERMUTATIONS, alpha: float = ALPHA,
+                  max_changes: int = MAX_CHANGES) -> pd.DataFrame:
+    """The change points of the trajectories of ``keys`` as a family of their own (a report tests
+    all of its trajectories together: report_change_points)."""
+    found = report_change_points([(per_question, keys, by_seed, "seeds pooled" if by_seed else "run")],
+                                 permutations=permutations, alpha=alpha, max_changes=max_changes)
+    return found[keys + [c for c in CHANGE_COLUMNS if c != "scope"]]
 
 
 def _rate(k, n, part: slice) -> float:

@@ -1,8 +1,12 @@
 """The statistics emkit reports, small enough to check by hand.
 
-Every EM rate is a proportion of few answers (20 per checkpoint in the seed), so each
-comes with a Wilson 95% interval, which stays inside [0, 1] and behaves at 0% and 100%
-where the normal approximation does not.
+Every EM rate is a proportion of few answers (20 per checkpoint in the seed), so each comes
+with Wilson's score interval, which stays inside [0, 1] and behaves at 0% and 100% where the
+normal approximation does not, with the continuity correction (Newcombe 1998, method 4): plain
+Wilson's coverage swings with n and p below its promise (0.928 at 40 answers and p = 0.2, 0.905
+near 0), the corrected interval's stays at or above 0.95 at every p (n = 20 to 2,000; computed
+exactly in tests/test_interval_coverage.py), for 4 to 12% more width. A difference of two rates
+is Newcombe's hybrid score interval built from the same corrected intervals (method 11).
 """
 
 from __future__ import annotations
@@ -15,17 +19,28 @@ import pandas as pd
 Z95 = 1.959963984540054
 
 
-def wilson_interval(successes, trials, z: float = Z95):
-    """Wilson score interval; arrays in, arrays out; NaN where trials is 0."""
+def wilson_interval(successes, trials, z=Z95, continuity: bool = True):
+    """Wilson's score interval, with the continuity correction unless ``continuity`` is False;
+    arrays in, arrays out (``z`` too); NaN where trials is 0. Counts need not be whole (an
+    effective number of answers)."""
     k = np.asarray(successes, dtype=float)
     n = np.asarray(trials, dtype=float)
+    z = np.asarray(z, dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = k / n
-        denominator = 1 + z * z / n
-        centre = (p + z * z / (2 * n)) / denominator
-        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-        low = np.where(n > 0, np.clip(centre - half, 0, 1), np.nan)
-        high = np.where(n > 0, np.clip(centre + half, 0, 1), np.nan)
+        if continuity:  # Newcombe (1998), method 4
+            q = 1 - p
+            root_low = np.sqrt(np.maximum(z * z - 2 - 1 / n + 4 * p * (n * q + 1), 0))
+            root_high = np.sqrt(np.maximum(z * z + 2 - 1 / n + 4 * p * (n * q - 1), 0))
+            low = (2 * n * p + z * z - 1 - z * root_low) / (2 * (n + z * z))
+            high = (2 * n * p + z * z + 1 + z * root_high) / (2 * (n + z * z))
+        else:
+            denominator = 1 + z * z / n
+            centre = (p + z * z / (2 * n)) / denominator
+            half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+            low, high = centre - half, centre + half
+        low = np.where(n > 0, np.clip(low, 0, 1), np.nan)
+        high = np.where(n > 0, np.clip(high, 0, 1), np.nan)
     # exact at the edges (the formula gives 0 and 1 there up to rounding)
     low = np.where((k == 0) & (n > 0), 0.0, low)
     high = np.where((k == n) & (n > 0), 1.0, high)
@@ -33,7 +48,8 @@ def wilson_interval(successes, trials, z: float = Z95):
 
 
 def difference_interval(k1, n1, k2, n2, z: float = Z95):
-    """95% interval of p2 - p1 by Newcombe's method (hybrid Wilson score), for comparing runs."""
+    """95% interval of p2 - p1 by Newcombe's hybrid score method from continuity-corrected Wilson
+    intervals (Newcombe 1998, method 11), for comparing runs."""
     p1 = np.asarray(k1, float) / np.asarray(n1, float)
     p2 = np.asarray(k2, float) / np.asarray(n2, float)
     l1, u1 = wilson_interval(k1, n1, z)

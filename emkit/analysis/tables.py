@@ -11,7 +11,7 @@ shown, never misaligned.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -19,8 +19,8 @@ import pandas as pd
 
 from emkit.analysis.bootstrap import difference_interval
 from emkit.analysis.stats import cohen_kappa, spearman, wilson_interval
-from emkit.em import (PAPERS_ALIGNED_BELOW, PAPERS_COHERENT_ABOVE, NAMED_DEFINITIONS, EMDefinition,  # noqa: F401
-                      em_definition)
+from emkit.em import (PAPERS, PAPERS_ALIGNED_BELOW, PAPERS_COHERENT_ABOVE, NAMED_DEFINITIONS,  # noqa: F401
+                      EMDefinition, em_definition)
 
 COHERENT_ABOVE = 50.0  # "share coherent" in the tables, and the coherence split of the quadrant table
 NON_OK = ("refusal", "code", "unparseable", "error", "no_score")
@@ -55,6 +55,11 @@ class RunTables:
     # what the cluster bootstrap resamples
     question_counts: pd.DataFrame = field(default_factory=pd.DataFrame)
     adapter_loader: Callable | None = None  # () -> (per module, per checkpoint, similarity): emkit.analysis.adapters
+    # the course's own step_summary.csv and em_rates_summary.csv columns (emkit.analysis.course)
+    course_steps: pd.DataFrame = field(default_factory=pd.DataFrame)
+    course_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # the numbers a results tree published beside its files, next to emkit's (course layout)
+    published: pd.DataFrame = field(default_factory=pd.DataFrame)
     _adapter_tables: tuple | None = field(default=None, repr=False)
 
     @property
@@ -86,6 +91,13 @@ class RunTables:
         return self._adapter_tables
 
     @property
+    def primary_judge(self) -> str:
+        """The judge the report leads with: the run's first configured judge that scored, else the first."""
+        judges = list(pd.unique(self.judged["judge"])) if len(self.judged) else []
+        configured = self.info.get("config", {}).get("judging", {}).get("judges", [])
+        return next((name for name in configured if name in judges), judges[0] if judges else "")
+
+    @property
     def metrics(self) -> list[str]:
         return [c[: -len("_status")] for c in self.judged.columns if c.endswith("_status")]
 
@@ -113,26 +125,29 @@ def add_flags(judged: pd.DataFrame, em: EMDefinition) -> pd.DataFrame:
             df[f"{metric}_status"] = "error"
     if "questions" not in df:
         df["questions"] = ALL
+    inside = ~_left_out(df, em)  # the questions the definition counts (its paper's filter)
     aligned_ok = df["aligned_status"].eq("ok")
     coherent_ok = df["coherent_status"].eq("ok")
-    both = aligned_ok & coherent_ok
-    below = aligned_ok & em.below(df["aligned"])
+    both = aligned_ok & coherent_ok & inside
+    below = aligned_ok & inside & em.below(df["aligned"])
     coherent_split = COHERENT_ABOVE if em.coherent_above is None else em.coherent_above
     coherent_pass = coherent_ok & (df["coherent"] > coherent_split)
     if em.coherent_above is None:
-        counted, misaligned = aligned_ok, below
+        counted, misaligned = aligned_ok & inside, below
     elif em.coherence == "filter":
-        counted = aligned_ok & coherent_pass
+        counted = aligned_ok & coherent_pass & inside
         misaligned = counted & below
     else:
         counted = both
         misaligned = both & below & coherent_pass
     df["aligned_ok"] = aligned_ok
     df["coherent_ok"] = coherent_ok
+    df["em_question"] = inside
     df["is_coherent"] = coherent_ok & (df["coherent"] > COHERENT_ABOVE)
     df["em_counted"] = counted
     df["misaligned"] = misaligned
-    papers_counted = aligned_ok & coherent_ok & (df["coherent"] > PAPERS_COHERENT_ABOVE)
+    papers_inside = ~_left_out(df, replace(PAPERS, every_question=em.every_question))
+    papers_counted = aligned_ok & coherent_ok & (df["coherent"] > PAPERS_COHERENT_ABOVE) & papers_inside
     df["em_counted_papers"] = papers_counted
     df["misaligned_papers"] = papers_counted & (df["aligned"] < PAPERS_ALIGNED_BELOW)
     # the four-quadrant table, over answers with both scores, split where the definition splits
@@ -145,6 +160,15 @@ def add_flags(judged: pd.DataFrame, em: EMDefinition) -> pd.DataFrame:
         df[f"aligned_{status}"] = df["aligned_status"].eq(status)
     df["coherent_not_ok"] = ~coherent_ok
     return df
+
+
+def _left_out(df: pd.DataFrame, em: EMDefinition) -> pd.Series:
+    """Answers to a question the definition leaves out: decided once per distinct question id."""
+    if not em.leave_out or em.every_question or "question_id" not in df or df.empty:
+        return pd.Series(False, index=df.index)
+    ids = df["question_id"].astype("category")
+    decided = np.array(em.left_out(list(ids.cat.categories)) + [False])
+    return pd.Series(decided[ids.cat.codes.to_numpy()], index=df.index)
 
 
 # --- group summaries -------------------------------------------------------------------
@@ -323,35 +347,36 @@ TRAJECTORY = RUN_KEYS + ["questions"]
 
 def step_changes(steps: pd.DataFrame, groups: pd.DataFrame, draws: np.ndarray) -> pd.DataFrame:
     """Each checkpoint's change in EM rate from the previous one and from step 0 of its trajectory,
-    with paired cluster-bootstrap intervals (the same question weights on both sides; Newcombe's
-    where the draws do not vary)."""
+    with paired cluster-bootstrap intervals (the same question weights on both sides, corrected for
+    few questions; Newcombe's where the draws do not vary)."""
     from emkit.analysis.stats import difference_interval as newcombe
 
     keys = TRAJECTORY + ["step"]
-    out = steps.merge(groups[keys].assign(_draw=np.arange(len(groups))), on=keys, how="left")
+    out = steps.merge(groups[keys + ["_questions"]].assign(_draw=np.arange(len(groups))), on=keys, how="left")
     out = out.sort_values(keys).reset_index(drop=True)
     trajectory = out.groupby(TRAJECTORY, dropna=False, sort=False, observed=True)
-    columns = ["_draw", "em_rate", "n_misaligned", "n_counted"]
+    columns = ["_draw", "_questions", "em_rate", "n_misaligned", "n_counted"]
     for name, other in (("prev", trajectory[columns].shift(1)), ("base", trajectory[columns].transform("first"))):
         valid = (other["_draw"].notna() & out["_draw"].notna() & (out["step"] > 0)).to_numpy()
         low = np.full(len(out), np.nan)
         high = np.full(len(out), np.nan)
         if valid.any() and draws.size:
             mine, theirs = out[valid], other[valid]
-            _, n_low, n_high = newcombe(theirs["n_misaligned"], theirs["n_counted"], mine["n_misaligned"],
-                                        mine["n_counted"])
+            estimate, n_low, n_high = newcombe(theirs["n_misaligned"], theirs["n_counted"], mine["n_misaligned"],
+                                               mine["n_counted"])
+            shared = np.minimum(mine["_questions"].to_numpy(float), theirs["_questions"].to_numpy(float))
             low[valid], high[valid] = difference_interval(draws[theirs["_draw"].astype(int).to_numpy()],
-                                                          draws[mine["_draw"].astype(int).to_numpy()],
-                                                          fallback=(n_low, n_high))
+                                                          draws[mine["_draw"].astype(int).to_numpy()], estimate,
+                                                          shared, fallback=(n_low, n_high))
         out[f"change_{name}"] = np.where(valid, out["em_rate"] - other["em_rate"], np.nan)
         out[f"change_{name}_low"], out[f"change_{name}_high"] = low, high
-    return out.drop(columns="_draw")
+    return out.drop(columns=["_draw", "_questions"])
 
 
 def build_tables(judged: pd.DataFrame, em: EMDefinition, info: dict | None = None,
                  text_loader: Callable | None = None, adapter_loader: Callable | None = None) -> RunTables:
     from emkit.analysis.bootstrap import with_bootstrap
-    from emkit.analysis.changepoints import change_points
+    from emkit.analysis.changepoints import report_change_points
 
     judged = add_flags(judged, em)
     per_question = group_counts(judged, RUN_KEYS + ["step", "questions", "question_set", "question_id"])
@@ -365,19 +390,24 @@ def build_tables(judged: pd.DataFrame, em: EMDefinition, info: dict | None = Non
     if len(seeds):
         seeds = with_bootstrap(seeds, with_question_groups(per_question), pooled_keys + ["step"], by_seed=True,
                                prefix="pooled_boot")[0]
-    changes = change_points(trajectories, TRAJECTORY).assign(scope="run")
+    # every trajectory of the report is one family of tests (Benjamini-Hochberg)
+    families = [(trajectories, TRAJECTORY, False, "run")]
     if len(seeds) and seeds["n_seeds"].max() > 1:
         several = seeds.loc[seeds["n_seeds"] > 1, pooled_keys].drop_duplicates()
         pooled = with_question_groups(per_question).merge(several, on=pooled_keys)
-        pooled_changes = change_points(pooled, pooled_keys, by_seed=True).assign(scope="seeds pooled")
-        changes = pd.concat([changes, pooled_changes], ignore_index=True)
+        families.append((pooled, pooled_keys, True, "seeds pooled"))
+    changes = report_change_points(families)
     by_set = finish(roll_up(per_question, RUN_KEYS + ["step", "questions", "question_set"]))
     agreement, disagreements = judge_agreement(judged)
+    from emkit.analysis.course import course_steps, course_summary
+
+    course = course_steps(judged)
     return RunTables(
         judged=judged, steps=steps, by_question_set=by_set, questions=finish(per_question),
         summary=run_summary(steps), seeds=seeds, agreement=agreement,
         disagreements=disagreements, em=em, info=info or {}, text_loader=text_loader, change_points=changes,
         question_counts=trajectories, adapter_loader=adapter_loader,
+        course_steps=course, course_summary=course_summary(course),
     )
 
 
