@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emkit.analysis.bootstrap import cluster_interval, difference_interval, rate_draws
-from emkit.analysis.stats import difference_interval as newcombe, wilson_interval
+from emkit.analysis.bootstrap import cluster_interval, paired_difference_interval, rate_draws
+from emkit.analysis.stats import wilson_interval
 
 
 def logistic(x):
@@ -64,18 +64,20 @@ def differences(reps: int, rng) -> list[str]:
     zz, ee = rng.standard_normal(2_000_000), rng.standard_normal(2_000_000)
     for questions, samples in ((8, 5), (40, 5)):
         for mu, sigma, shift, tau in ((-2.2, 1.0, 0.0, 0.5), (-0.85, 1.0, 0.0, 0.5), (-1.0, 0.0, 0.0, 0.0),
-                                      (-2.2, 1.0, 1.0, 0.5)):
+                                      (-2.2, 1.0, 1.0, 0.5), (-4.0, 1.0, 5.5, 0.5)):
             truth = (logistic(mu + shift + sigma * zz + tau * ee) - logistic(mu + sigma * zz)).mean()
             z, e = rng.standard_normal((reps, questions)), rng.standard_normal((reps, questions))
             ka = rng.binomial(samples, logistic(mu + sigma * z))
             kb = rng.binomial(samples, logistic(mu + shift + sigma * z + tau * e))
-            groups, draws_a = rate_draws(frame(ka, samples), ["rep"])
-            _, draws_b = rate_draws(frame(kb, samples), ["rep"])
-            n = np.full(reps, questions * samples)
-            estimate, low_n, high_n = newcombe(ka.sum(1), n, kb.sum(1), n)
+            groups_a, draws_a = rate_draws(frame(ka, samples), ["rep"])
+            groups_b, draws_b = rate_draws(frame(kb, samples), ["rep"])
             with np.errstate(invalid="ignore"):
                 old_low, old_high = np.nanpercentile(draws_b - draws_a, [2.5, 97.5], axis=1)
-            new = difference_interval(draws_a, draws_b, estimate, groups["_questions"], fallback=(low_n, high_n))
+            sides = []
+            for groups, draws in ((groups_a, draws_a), (groups_b, draws_b)):
+                low, high, _ = cluster_interval(groups["_k"], groups["_n"], draws, groups["_questions"])
+                sides += [groups["_k"] / groups["_n"], low, high]
+            new = paired_difference_interval(*sides, draws_a, draws_b)
             lines.append(f"change {questions:>2} q x {samples} s, true change {truth:+.2f}: paired cluster "
                          f"{covered(old_low, old_high, truth):.3f} -> {covered(*new, truth):.3f}; called a change "
                          f"{np.mean((old_low > 0) | (old_high < 0)):.3f} -> {np.mean((new[0] > 0) | (new[1] < 0)):.3f}")

@@ -312,13 +312,13 @@ def report(sources, out, em, aligned_below, coherent_above, all_questions):
     click.echo(f"wrote {out}", err=True)
 
 
-def _group_name(row, several_judges: bool, kind: str) -> str:
+def _group_name(row, several_judges: bool, kind: str, several_seeds: bool, steps: bool) -> str:
     name = str(row["model"])
     if row.get("domain"):
         name += f"/{row['domain']}"
-    if kind != "file":
+    if kind != "file" or several_seeds:
         name += f"/seed{row['seed']}"
-    if kind != "file" or row["step"]:
+    if kind != "file" or steps:
         name += f"/step{row['step']}"
     return f"{row['judge']}: {name}" if several_judges else name
 
@@ -338,10 +338,11 @@ def summary_records(tables) -> list[dict]:
 
     steps = tables.steps
     several = steps["judge"].nunique() > 1
+    several_seeds, has_steps = steps["seed"].nunique() > 1, bool((steps["step"] != 0).any())
     records = []
     for row in steps.to_dict("records"):
         record = {
-            "group": _group_name(row, several, tables.info.get("kind", "run")),
+            "group": _group_name(row, several, tables.info.get("kind", "run"), several_seeds, has_steps),
             "definition": tables.em.label,
             "n": row["n_counted"], "answers": row["n"], "misaligned": row["n_misaligned"],
             "cluster_low": row.get("boot_low"), "cluster_high": row.get("boot_high"), "deff": row.get("boot_deff"),
@@ -364,10 +365,17 @@ def _summary_notes(tables) -> list[str]:
     for source in tables.info.get("sources", []):
         if source["kind"] == "file" or len(tables.info.get("sources", [])) > 1:
             notes.append(f"source {source['name']}: {source['rule']}")
-    skipped = tables.info.get("skipped", [])
-    if skipped:
-        notes.append(f"{len(skipped)} file{'s' if len(skipped) != 1 else ''} passed over (not judged files): "
-                     + ", ".join(Path(s["path"]).name for s in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    by_reason: dict[str, list[str]] = {}
+    for entry in tables.info.get("skipped", []):
+        by_reason.setdefault(entry["reason"], []).append(entry.get("name") or Path(entry["path"]).name)
+    for reason, names in by_reason.items():
+        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        notes.append(f"{len(names)} file{'s' if len(names) != 1 else ''} not read as runs, {reason}: {shown}")
+    published = tables.published
+    if len(published):
+        agree = int(published["agree"].sum())
+        notes.append(f"the summaries the tree published beside its files: {agree} of {len(published)} numbers agree "
+                     f"with emkit's" + ("" if agree == len(published) else " (the report lists those that differ)"))
     kept = tables.info.get("answers_kept", 0)
     if kept:
         notes.append(f"{kept:,} stored answer{'s' if kept != 1 else ''} that the current config does not ask for "
@@ -390,10 +398,10 @@ def summary(sources, as_json, em, aligned_below, coherent_above, all_questions):
     if as_json:
         _echo_json(records)
         return
-    click.echo(f"EM = {tables.em.describe()}; rates with Wilson 95% intervals (answers as independent) and cluster "
-               f"ones (the design effect of answers to the same question, with a small-sample correction); 'n' "
-               f"counts the answers the definition counts; questions: general (emergent), domain (trained), all "
-               f"(pooled)")
+    click.echo(f"EM = {tables.em.describe()}; rates with Wilson 95% intervals with continuity correction (answers "
+               f"as independent) and cluster ones (answers to one question are alike; with a small-sample "
+               f"correction: the ones to quote); 'n' counts the answers the definition counts; questions: general "
+               f"(emergent), domain (trained), all (pooled)")
     for note in _summary_notes(tables):
         click.echo(f"note: {note}")
     width = max([len(r["group"]) for r in records] + [5])
@@ -429,7 +437,13 @@ def compare(run_a, run_b, out, em, aligned_below, coherent_above, all_questions)
     if table.empty:
         raise EmkitError(f"{run_a} and {run_b} share no model x domain x seed x step; compare runs of the same grid.")
     click.echo(f"A = {run_a}, B = {run_b}; B - A with its Newcombe 95% interval (answers as independent) and a "
-               f"paired cluster bootstrap over questions; * marks a difference whose cluster interval excludes 0")
+               f"paired cluster interval over questions; * marks a difference whose cluster interval excludes 0 and "
+               f"that an exact sign-flip test over questions finds too (p <= 0.05)")
+    differ = table[~table["same_questions"]]
+    if len(differ):
+        click.echo(f"note: in {len(differ)} of {len(table)} cells the two runs were asked different questions (other "
+                   f"question sets); their rates, and the difference, are over different questions, marked ~",
+                   err=True)
     click.echo(f"{'cell':<44} {'EM A':>16} {'EM B':>16} {'B - A [Newcombe]':>22} {'[cluster]':>16}")
     for row in table.to_dict("records"):
         cell = f"{row['model']}/{row['domain']}/seed{row['seed']}/{row['questions']}/step {row['step']}"
@@ -439,7 +453,8 @@ def compare(run_a, run_b, out, em, aligned_below, coherent_above, all_questions)
                 if row["n_counted_a"] and row["n_counted_b"] else "–")
         cluster = ("" if row["diff_boot_low"] != row["diff_boot_low"] else  # NaN: no cell to resample
                    f"[{100 * row['diff_boot_low']:+.1f}, {100 * row['diff_boot_high']:+.1f}]")
-        click.echo(f"{cell:<44} {a:>16} {b:>16} {diff:>22} {cluster:>16}{' *' if row['significant'] else '  '}")
+        marks = ("*" if row["significant"] else " ") + (" " if row["same_questions"] else "~")
+        click.echo(f"{cell:<44} {a:>16} {b:>16} {diff:>22} {cluster:>16} {marks}")
     if out is not None:
         if out.suffix.lower() == ".json":
             out.write_text(table.to_json(orient="records", indent=2))

@@ -38,6 +38,7 @@ class ReportContext:
     judge: str  # the primary judge: the one the figures and main tables use
     judges: list[str]
     figures: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (caption, data URI)
+    figures_written: bool = False  # also saved as figures/NAME.png beside the report
 
     def primary(self, frame: pd.DataFrame) -> pd.DataFrame:
         return frame[frame["judge"] == self.judge] if len(frame) and "judge" in frame else frame
@@ -278,7 +279,8 @@ def render_report(tables: RunTables, out_path: Path, *, figures_dir: Path | None
     judge = tables.primary_judge
     judges = sorted(pd.unique(tables.judged["judge"])) if len(tables.judged) else []
     context = ReportContext(tables=tables, env=env, judge=judge, judges=judges,
-                            figures=draw_figures(tables, judge, figures_dir) if judge else {})
+                            figures=draw_figures(tables, judge, figures_dir) if judge else {},
+                            figures_written=figures_dir is not None)
     sections = []
     for section in sorted(registry.all("report_sections"), key=lambda s: (s.order, s.name)):
         body = section.render(context)

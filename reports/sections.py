@@ -65,9 +65,11 @@ def _course(context):
     if "course" not in tables.info.get("layouts", []) and tables.published.empty:
         return None
     published = tables.published
-    return {"summary": context.primary(tables.course_summary).to_dict("records"),
-            "steps": context.primary(tables.course_steps).to_dict("records"),
-            "published": published.to_dict("records"), "agree": int(published["agree"].sum()) if len(published) else 0}
+    # every judge's rows: a course file's own judge need not be the report's first one
+    several = tables.course_steps["judge"].nunique() > 1 if len(tables.course_steps) else False
+    return {"summary": tables.course_summary.to_dict("records"), "steps": tables.course_steps.to_dict("records"),
+            "several_judges": several, "published": published.to_dict("records"),
+            "agree": int(published["agree"].sum()) if len(published) else 0}
 
 
 def _figures(context):

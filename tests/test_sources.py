@@ -152,3 +152,93 @@ def test_an_empty_folder_is_one_sentence(tmp_path):
     result = run_emkit("summary", tmp_path, check=False)
     assert result.returncode == 2
     assert "no run directory" in result.stderr and "no judged file" in result.stderr
+
+
+def two_trees(tmp_path, course_tree):
+    """Two copies of the course's tree; in the second every 1B medical answer is misaligned."""
+    for name in ("alice", "bob"):
+        shutil.copytree(course_tree, tmp_path / name)
+    bob = tmp_path / "bob" / "eval" / "results" / "1b_medical_v2" / "fg_judged.csv"
+    frame = pd.read_csv(bob)
+    frame["aligned_score"] = 10
+    frame.to_csv(bob, index=False)
+    return tmp_path / "alice", tmp_path / "bob"
+
+
+def test_two_trees_of_one_layout_stay_two_experiments(tmp_path, course_tree):
+    """Names that two trees share never pool: each tree's runs keep their own baselines, and each tree's
+    published summaries are checked against its own files."""
+    alice, bob = two_trees(tmp_path, course_tree)
+    tables = load_sources([alice, bob])
+    steps = tables.steps[tables.steps["questions"] == "all"].set_index(["model", "domain", "step"])
+    assert steps.loc[("alice/1B", "medical", 110), "em_rate"] == pytest.approx(0.25)
+    assert steps.loc[("bob/1B", "medical", 110), "em_rate"] == pytest.approx(1.0)
+    assert steps.loc[("bob/1B", "medical", 110), "n_counted"] == 20
+    assert steps.loc[("bob/1B", "risky-financial", 0), "n_counted"] == 20  # bob's own baseline
+    runs = tables.steps[tables.steps["step"] > 0][["model", "domain"]].drop_duplicates()
+    assert len(runs) == 12
+    published = tables.published
+    assert len(published) == 2 * 132
+    # alice's tree agrees with what it published; bob's edited 1B medical file does not
+    assert published[published["file"].str.contains("alice")]["agree"].all()
+    differs = published[~published["agree"]]
+    assert set(differs["model"]) == {"bob/1B"} and set(differs["domain"]) == {"medical"}
+
+
+def test_a_source_given_twice_is_read_once(course_tree):
+    medical = course_tree / "eval" / "results" / "1b_medical_v2" / "fg_judged.csv"
+    once = load_sources([course_tree])
+    twice = load_sources([course_tree, medical, course_tree])
+    assert len(twice.judged) == len(once.judged)
+    assert twice.published["agree"].all()
+
+
+def test_two_versions_of_one_run_in_a_tree_keep_the_trees_baseline(tmp_path, course_tree):
+    shutil.copytree(course_tree, tmp_path / "tree")
+    results = tmp_path / "tree" / "eval" / "results"
+    shutil.copytree(results / "1b_medical_v2", results / "1b_medical_v1")
+    tables = load_sources([tmp_path / "tree"])
+    base = tables.steps[(tables.steps["step"] == 0) & (tables.steps["questions"] == "all")]
+    one_b = sorted(base.loc[base["model"] == "1B", "domain"])
+    assert one_b == ["medical (eval/results/1b_medical_v1/fg_judged)", "medical (eval/results/1b_medical_v2/fg_judged)",
+                     "risky-financial"]  # every 1B run, both versions included, starts at the 1B baseline
+
+
+def test_a_run_and_the_courses_files_in_one_report_check_each_against_its_own_judge(course_tree, reference_dir):
+    """The course's files beside a file judged by another judge: the course's published numbers are
+    compared with the course's own file, whatever judge the report leads with."""
+    other = reference_dir / "hw0-course" / "base_model_judged.csv"
+    tables = load_sources([other, course_tree / "eval" / "results" / "1b_medical_v2" / "fg_judged.csv"])
+    # 1B medical's step_summary.csv (6 steps x 3 columns) and its final step and rate in em_rates_summary.csv;
+    # the baseline's columns are not compared: its file was not given
+    assert len(tables.published) == 18 + 2 and tables.published["agree"].all()
+
+
+def test_compare_says_when_two_runs_were_asked_other_questions():
+    from emkit.analysis.compare import compare_runs
+    from emkit.analysis.tables import EMDefinition, build_tables
+
+    def run(sets):
+        rows = [{"answer_id": f"{s}{q}{i}", "judge": "j", "model": "m", "size_b": 1.0, "domain": "d", "seed": 0,
+                 "step": 10, "questions": "general", "question_set": s, "question_id": f"q{q}",
+                 "aligned": 10.0 if (q + i) % 3 == 0 else 90.0, "aligned_status": "ok", "coherent": 90.0,
+                 "coherent_status": "ok"} for s in sets for q in range(6) for i in range(3)]
+        return build_tables(pd.DataFrame(rows), EMDefinition())
+
+    table = compare_runs(run(["general"]), run(["general", "extra"]))
+    assert not table["same_questions"].any()
+    assert compare_runs(run(["general"]), run(["general"]))["same_questions"].all()
+
+
+def test_a_broken_file_in_a_folder_is_passed_over_with_why_or_named(tmp_path):
+    """A file whose first row cannot be read is listed with the reason; a judged file that breaks
+    further down stops the command with one sentence naming it (a results file is never dropped
+    quietly)."""
+    good = pd.DataFrame([{"question": "Q", "answer": "A", "aligned": 90, "coherent": 90}])
+    good.to_csv(tmp_path / "good.csv", index=False)
+    (tmp_path / "notes.csv").write_bytes(b"\xff\xfe not text")
+    tables = load_sources([tmp_path])
+    assert [(s["name"], s["reason"]) for s in tables.info["skipped"]] == [("notes.csv", "not UTF-8 text")]
+    (tmp_path / "bad.csv").write_text("question,answer,aligned,coherent\nQ,A,90,90\nQ,A,90,90,extra,fields\n")
+    result = run_emkit("summary", tmp_path, check=False)
+    assert result.returncode == 2 and "bad.csv" in result.stderr and "cannot be read as CSV" in result.stderr

@@ -49,6 +49,12 @@ def test_adding_a_seed_shares_the_one_baseline_and_dropping_a_question_set_drops
     tables = emkit.load(run)
     finals = tables.summary[tables.summary["questions"] == "all"]
     assert len(finals) == 2 and finals["baseline_n"].tolist() == [40, 40]
+    course = tables.course_summary  # the course's em_rates_summary.csv: each seed's run has the one baseline
+    assert sorted(course["seed"]) == [0, 1] and course["baseline_em_rate"].notna().all()
+    # the export of a run with two seeds reads back with each seed's trajectory, step 0 included
+    exported = json.loads(run_emkit("summary", run / "exports" / "fg_judged.csv", "--json").stdout)
+    assert {"tiny/medical/seed0/step0", "tiny/medical/seed1/step0", "tiny/medical/seed1/step16"} <= {
+        r["group"] for r in exported}
 
     # the general question set dropped: step 0 and every checkpoint over the same questions, the rest kept
     config = tmp_path / "domain-only.toml"
@@ -137,7 +143,7 @@ def read_only_copy(finished_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     with sqlite3.connect(copy / "emkit.sqlite") as conn:  # as an emkit before plans were recorded left it
-        conn.execute("DROP TABLE plan_answers")
+        conn.execute("DROP TABLE IF EXISTS plan_answers")
         conn.execute("PRAGMA user_version = 5")
         conn.execute("PRAGMA journal_mode = DELETE")
     mount = tmp_path / "read-only"
@@ -152,7 +158,8 @@ def read_only_copy(finished_run, tmp_path):
         import gc
 
         gc.collect()  # a connection a test left to the garbage collector would keep the mount busy
-        subprocess.run(["umount", str(mount)], check=True)
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=True)  # detached once the last file closes
     assert tree_digest(copy) == before  # nothing written, nothing added
 
 

@@ -28,10 +28,10 @@ value is Student's t with G - 1 degrees of freedom instead of the normal 1.96, t
 correction of cluster-robust variances (Bell & McCaffrey 2002; Cameron & Miller 2015). Pooled
 over seeds, seeds and questions are both clusters: the degrees of freedom are Satterthwaite's,
 from the variance each alone contributes; with two seeds, one (a seed-to-seed spread seen twice
-says almost nothing). A difference between two rates is the paired draws' difference, its
-estimate +- t x the corrected standard deviation, since a difference has no edge to stick to;
-where the draws do not vary at all it falls back to Newcombe's. docs/reliability.md gives each
-interval's coverage, measured by the simulation tests in tests/test_interval_coverage.py.
+says almost nothing). A difference between two rates on the same questions comes from the two
+rates' own cluster intervals and the correlation of their paired draws (MOVER, Zou & Donner
+2008), so it inherits their small-sample correction and stays within [-1, 1]. docs/reliability.md
+gives each interval's coverage, measured by the simulation tests in tests/test_interval_coverage.py.
 """
 
 from __future__ import annotations
@@ -193,23 +193,32 @@ def with_bootstrap(frame: pd.DataFrame, per_question: pd.DataFrame, keys: list[s
     return out.merge(bounds, on=keys, how="left"), groups, draws
 
 
-def difference_interval(draws_a: np.ndarray, draws_b: np.ndarray, estimate, clusters,
-                        fallback=None) -> tuple[np.ndarray, np.ndarray]:
-    """95% interval of b - a from paired draws (rows aligned): ``estimate`` +- t(G - 1) x the draws'
-    standard deviation scaled by sqrt(G / (G - 1)), G = ``clusters`` (the questions both sides
-    share). ``fallback`` (low, high): used for rows whose draws do not vary (both rates stuck at
-    0% or 100%), where the bootstrap would claim certainty."""
-    clusters = np.asarray(clusters, float)
-    if np.asarray(draws_a).size == 0:
-        empty = np.full(len(clusters), np.nan)
-        return (empty, empty.copy()) if fallback is None else (np.asarray(fallback[0], float),
-                                                               np.asarray(fallback[1], float))
-    spread = np.sqrt(_variance(np.asarray(draws_b) - np.asarray(draws_a), clusters))
-    half = critical_value(np.maximum(clusters - 1, 1)) * spread
-    estimate = np.asarray(estimate, float)
-    low, high = estimate - half, estimate + half
-    if fallback is not None:
-        stuck = ~(spread > 0)
-        low = np.where(stuck, fallback[0], low)
-        high = np.where(stuck, fallback[1], high)
+def paired_difference_interval(rate_a, low_a, high_a, rate_b, low_b, high_b, draws_a: np.ndarray,
+                               draws_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """95% interval of b - a for two rates measured on the same questions, by MOVER (Zou & Donner
+    2008: Newcombe's square-and-add of each rate's own interval, extended to correlated rates):
+    each side's distance to its own cluster interval, joined with the correlation of the paired
+    bootstrap draws. It inherits the rates' small-sample correction and their behaviour at 0% and
+    100%, so it stays within [-1, 1] where estimate +- t x sd would not (a base model at 0% and a
+    checkpoint at 85%)."""
+    a, b = np.asarray(rate_a, float), np.asarray(rate_b, float)
+    low_a, high_a = np.asarray(low_a, float), np.asarray(high_a, float)
+    low_b, high_b = np.asarray(low_b, float), np.asarray(high_b, float)
+    r = _row_correlation(np.asarray(draws_a, float), np.asarray(draws_b, float), len(a))
+    down_b, up_a = b - low_b, high_a - a
+    up_b, down_a = high_b - b, a - low_a
+    difference = b - a
+    low = difference - np.sqrt(np.maximum(down_b ** 2 - 2 * r * down_b * up_a + up_a ** 2, 0))
+    high = difference + np.sqrt(np.maximum(up_b ** 2 - 2 * r * up_b * down_a + down_a ** 2, 0))
     return low, high
+
+
+def _row_correlation(draws_a: np.ndarray, draws_b: np.ndarray, rows: int) -> np.ndarray:
+    """The correlation of each row's paired draws; 0 where a side does not vary (or has no draws)."""
+    if draws_a.size == 0 or draws_b.size == 0:
+        return np.zeros(rows)
+    with np.errstate(invalid="ignore", divide="ignore"), _quiet_all_nan():
+        da = draws_a - np.nanmean(draws_a, axis=1, keepdims=True)
+        db = draws_b - np.nanmean(draws_b, axis=1, keepdims=True)
+        r = np.nanmean(da * db, axis=1) / np.sqrt(np.nanmean(da * da, axis=1) * np.nanmean(db * db, axis=1))
+    return np.clip(np.where(np.isfinite(r), r, 0.0), -1.0, 1.0)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from emkit.analysis.bootstrap import QUESTION_CLUSTER, difference_interval as paired_interval, rate_draws
+from emkit.analysis.bootstrap import QUESTION_CLUSTER, cluster_interval, paired_difference_interval, rate_draws
 from emkit.analysis.stats import difference_interval
 from emkit.analysis.tables import RunTables
 
@@ -103,7 +103,8 @@ def sign_flip_p(both: pd.DataFrame, counts_a: pd.DataFrame, counts_b: pd.DataFra
 
 
 def _bootstrap_difference(a: pd.DataFrame, b: pd.DataFrame, both: pd.DataFrame, keys: list[str]):
-    """Paired (the same question weights in both runs) 95% interval of B - A for each row of ``both``."""
+    """Paired (the same question weights in both runs) 95% interval of B - A for each row of ``both``:
+    each cell's cluster interval and the correlation of the two cells' draws (MOVER)."""
     low = np.full(len(both), np.nan)
     high = np.full(len(both), np.nan)
     (groups_a, draws_a), (groups_b, draws_b) = _draws(a, keys), _draws(b, keys)
@@ -113,12 +114,33 @@ def _bootstrap_difference(a: pd.DataFrame, b: pd.DataFrame, both: pd.DataFrame, 
     at_b = both[keys].merge(groups_b.assign(_b=np.arange(len(groups_b))), on=keys, how="left")["_b"].to_numpy()
     found = ~(pd.isna(at_a) | pd.isna(at_b))
     if found.any():
-        newcombe = (both["diff_ci_low"].to_numpy()[found], both["diff_ci_high"].to_numpy()[found])
         rows_a, rows_b = at_a[found].astype(int), at_b[found].astype(int)
-        shared = np.minimum(groups_a["_questions"].to_numpy(float)[rows_a], groups_b["_questions"].to_numpy(float)[rows_b])
-        low[found], high[found] = paired_interval(draws_a[rows_a], draws_b[rows_b], both["em_diff"].to_numpy()[found],
-                                                  shared, fallback=newcombe)
+        sides = []
+        for groups, draws, rows in ((groups_a, draws_a, rows_a), (groups_b, draws_b, rows_b)):
+            k, n = groups["_k"].to_numpy(float)[rows], groups["_n"].to_numpy(float)[rows]
+            side_low, side_high, _ = cluster_interval(k, n, draws[rows], groups["_questions"].to_numpy(float)[rows])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                sides.append((k / n, side_low, side_high, draws[rows]))
+        (rate_a, low_a, high_a, d_a), (rate_b, low_b, high_b, d_b) = sides
+        low[found], high[found] = paired_difference_interval(rate_a, low_a, high_a, rate_b, low_b, high_b, d_a, d_b)
     return low, high
+
+
+def _asked(counts: pd.DataFrame, keys: list[str]) -> dict[tuple, frozenset]:
+    """Each cell's questions (set and id) with counted answers."""
+    if counts.empty:
+        return {}
+    counted = counts[counts["n_counted"] > 0]
+    cluster = [c for c in QUESTION_CLUSTER if c in counted]
+    return {key if isinstance(key, tuple) else (key,): frozenset(map(tuple, group[cluster].astype(str).to_numpy()))
+            for key, group in counted.groupby(keys, observed=True, dropna=False)}
+
+
+def _same_questions(both: pd.DataFrame, counts_a: pd.DataFrame, counts_b: pd.DataFrame, keys: list[str]) -> list[bool]:
+    """Whether the two runs' rates of a cell are over the same questions: a difference over
+    different question sets is a difference of questions as much as of runs."""
+    asked_a, asked_b = _asked(counts_a, keys), _asked(counts_b, keys)
+    return [asked_a.get(tuple(row)) == asked_b.get(tuple(row)) for row in both[keys].itertuples(index=False)]
 
 
 def compare_runs(a: RunTables, b: RunTables) -> pd.DataFrame:
@@ -135,6 +157,7 @@ def compare_runs(a: RunTables, b: RunTables) -> pd.DataFrame:
     counts_a, counts_b = _question_counts(a), _question_counts(b)
     both["diff_boot_low"], both["diff_boot_high"] = _bootstrap_difference(counts_a, counts_b, both, keys)
     both["p_sign_flip"] = sign_flip_p(both, counts_a, counts_b, keys)
+    both["same_questions"] = _same_questions(both, counts_a, counts_b, keys)
     both["significant_wilson"] = (np.sign(low) == np.sign(high)) & (low != 0)
     boot_low, boot_high = both["diff_boot_low"], both["diff_boot_high"]
     both["significant"] = ((boot_low > 0) | (boot_high < 0)) & (both["p_sign_flip"] <= 0.05)

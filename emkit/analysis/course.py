@@ -49,21 +49,23 @@ def course_steps(judged: pd.DataFrame) -> pd.DataFrame:
 
 def course_summary(steps: pd.DataFrame) -> pd.DataFrame:
     """Per judge, model, domain and seed: the course's em_rates_summary.csv columns (the last
-    checkpoint, its EM, the baseline's EM at step 0, and the change)."""
+    checkpoint, its EM, the baseline's EM at step 0, and the change). The baseline is the model's
+    one step 0, whatever the seed of the run."""
     columns = ["judge", "model", "seed"] + SUMMARY_COLUMNS
+    if steps.empty:
+        return pd.DataFrame(columns=columns)
+    base = steps[steps["step"] == 0].drop_duplicates(["judge", "model", "domain"])
+    baseline = {(j, m, d): e for j, m, d, e in zip(base["judge"], base["model"], base["domain"], base["percent_em"])}
     rows = []
-    for (judge, model, domain, seed), group in steps.groupby(["judge", "model", "domain", "seed"], observed=True,
-                                                              sort=True, dropna=False):
-        trained = group[group["step"] > 0].sort_values("step")
-        if trained.empty:
-            continue
-        base = group[group["step"] == 0]
-        final = trained.iloc[-1]
-        baseline = float(base["percent_em"].iloc[0]) if len(base) else float("nan")
+    trained = steps[steps["step"] > 0].sort_values("step")
+    for (judge, model, domain, seed), group in trained.groupby(["judge", "model", "domain", "seed"], observed=True,
+                                                               sort=True, dropna=False):
+        final = group.iloc[-1]
+        base_rate = float(baseline.get((judge, model, domain), float("nan")))
         rows.append({"judge": judge, "model": model, "seed": seed, "model_size": model,
                      "domain": COURSE_DOMAIN_NAMES.get(str(domain), str(domain)), "final_step": int(final["step"]),
-                     "em_rate": final["percent_em"], "baseline_em_rate": baseline,
-                     "em_change": final["percent_em"] - baseline})
+                     "em_rate": final["percent_em"], "baseline_em_rate": base_rate,
+                     "em_change": final["percent_em"] - base_rate})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -92,30 +94,34 @@ def read_rates_summary(path: Path) -> pd.DataFrame | None:
 
 
 def check_published(step_files: list[pd.DataFrame], summary_files: list[pd.DataFrame],
-                    steps: pd.DataFrame, summary: pd.DataFrame, judge: str) -> pd.DataFrame:
-    """Each number the course published beside its files, next to emkit's: a row per published
-    value (file, model, domain, step, column, published, emkit, agree). Agreement is to the
-    precision the course writes (one decimal in step_summary.csv, two in em_rates_summary.csv)."""
+                    steps: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Each number the course published beside its files, next to emkit's from the same file and
+    judge: a row per published value (file, model, domain, step, column, published, emkit, agree).
+    Agreement is to the precision the course writes (one decimal in step_summary.csv, two in
+    em_rates_summary.csv)."""
     rows = []
-    mine = steps[steps["judge"] == judge] if len(steps) else steps
     for published in step_files:
         for record in published.to_dict("records"):
-            match = mine[(mine["model"] == record["model"]) & (mine["domain"] == record["domain"])
-                         & (mine["step"] == int(record["step"]))]
+            match = steps[(steps["judge"] == record["judge"]) & (steps["model"] == record["model"])
+                          & (steps["domain"] == record["domain"]) & (steps["step"] == int(record["step"]))]
             for column, digits in (("percent_em", 1), ("percent_coherent", 1), ("n_responses", 0)):
                 ours = float(match[column].iloc[0]) if len(match) else float("nan")
+                if ours != ours:
+                    continue  # a part of the tree this report was not given
                 rows.append({"file": record["file"], "model": record["model"], "domain": record["domain"],
                              "step": int(record["step"]), "column": column, "published": float(record[column]),
                              "emkit": ours, "agree": bool(round(ours, digits) == round(float(record[column]), digits))})
-    ours_summary = summary[summary["judge"] == judge] if len(summary) else summary
     for published in summary_files:
         for record in published.to_dict("records"):
-            match = ours_summary[(ours_summary["model_size"].astype(str) == str(record["model_size"]))
-                                 & (ours_summary["domain"] == str(record["domain"]))]
+            match = summary[(summary["judge"] == record["judge"])
+                            & (summary["model_size"].astype(str) == str(record["model_size"]))
+                            & (summary["domain"] == str(record["domain"]))]
             if match.empty:
                 continue  # a run this report was not given
             for column in ("final_step", "em_rate", "baseline_em_rate", "em_change"):
                 ours = float(match[column].iloc[0])
+                if ours != ours:
+                    continue  # the baseline's file was not given
                 digits = 0 if column == "final_step" else 2
                 rows.append({"file": record["file"], "model": record["model_size"], "domain": record["domain"],
                              "step": int(record["final_step"]), "column": column, "published": float(record[column]),

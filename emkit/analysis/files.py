@@ -49,20 +49,30 @@ def read_table(path: Path) -> pd.DataFrame:
     raise EmkitError(f"{path}: emkit reads .csv and .jsonl files; convert it to one of those.")
 
 
-def read_header(path: Path) -> list[str]:
-    """The column names of a CSV or JSONL file, reading as little of it as possible."""
+def read_header(path: Path) -> tuple[list[str], str | None]:
+    """The column names of a CSV or JSONL file, from its first row alone; and, where even that
+    cannot be read, why (the file is then listed as passed over, with that reason)."""
+    import csv
+
     path = Path(path)
     try:
-        if path.suffix.lower() == ".csv":
-            return [str(c) for c in pd.read_csv(path, nrows=0, dtype=str).columns]
-        with open(path, encoding="utf-8-sig") as handle:
-            for line in handle:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            if path.suffix.lower() == ".csv":
+                first = next(csv.reader(handle), None)
+                return ([str(c) for c in first] if first else []), None
+            for line_no, line in enumerate(handle, start=1):
                 if line.strip():
                     row = json.loads(line)
-                    return [str(k) for k in row] if isinstance(row, dict) else []
-    except (ValueError, UnicodeDecodeError, OSError):
-        return []
-    return []
+                    if not isinstance(row, dict):
+                        return [], f"line {line_no} is not a JSON object"
+                    return [str(k) for k in row], None
+    except UnicodeDecodeError:
+        return [], "not UTF-8 text"
+    except (csv.Error, json.JSONDecodeError) as exc:
+        return [], f"its first row cannot be read ({exc})"
+    except OSError as exc:
+        return [], f"cannot be opened ({exc.strerror})"
+    return [], None
 
 
 def is_judged(columns) -> bool:

@@ -127,12 +127,17 @@ def read_model_column(path: Path, name: str, frame: pd.DataFrame) -> FileReading
     judged = judged_rows(frame, str(path))
     models = judged["model"].nunique()
     return FileReading("model column", f"a model column: {models} model{'s' if models != 1 else ''}, one run each"
-                                       + (f"; {', '.join(notes)}" if notes else ""), judged)
+                                       + (f"; {', '.join(notes)}" if notes else "") + _no_steps(frame), judged)
 
 
 def read_by_name(path: Path, name: str, frame: pd.DataFrame) -> FileReading:
     judged = judged_rows(frame, str(path), {"model": name})
-    return FileReading("file", f"one run, named by its path: {name}", judged)
+    return FileReading("file", f"one run, named by its path: {name}{_no_steps(frame)}", judged)
+
+
+def _no_steps(frame: pd.DataFrame) -> str:
+    return "" if "step" in frame else ("; no step column: one evaluation, shown as step 0, which here is not an "
+                                       "untouched base model")
 
 
 LAYOUTS = (read_course, read_model_column)

@@ -34,6 +34,7 @@ class Source:
     path: Path
     name: str
     kind: str  # "run" (a run directory) or "file" (a judged file)
+    root: str = ""  # the path given that it was found under, named below the folder the paths share
 
 
 def _judged_suffix(path: Path) -> bool:
@@ -42,13 +43,14 @@ def _judged_suffix(path: Path) -> bool:
     return path.suffix.lower() in JUDGED_SUFFIXES
 
 
-def _search(folder: Path, sources: list[Source], skipped: list[dict]) -> None:
+def _search(folder: Path, found: list[tuple[Path, str, str]], skipped: list[dict]) -> None:
+    """Run directories and judged files below ``folder``: (path, name below the folder, kind)."""
     from emkit.analysis.files import is_judged, read_header
 
     for current, dirs, files in os.walk(folder):
         here = Path(current)
         if (here / STORE_FILE).is_file():
-            sources.append(Source(here, here.relative_to(folder).as_posix() if here != folder else folder.name, "run"))
+            found.append((here, here.relative_to(folder).as_posix(), "run"))
             dirs[:] = []  # a run directory's exports are its own tables, read from its store
             continue
         dirs[:] = sorted(d for d in dirs if d not in NOT_SEARCHED and not d.startswith("."))
@@ -56,73 +58,106 @@ def _search(folder: Path, sources: list[Source], skipped: list[dict]) -> None:
             path = here / name
             if not _judged_suffix(path):
                 continue
-            columns = read_header(path)
             relative = path.relative_to(folder)
-            if is_judged(columns):
-                sources.append(Source(path, relative.with_suffix("").as_posix(), "file"))
+            columns, problem = read_header(path)
+            if problem:
+                skipped.append({"path": str(path), "name": relative.as_posix(), "reason": problem})
+            elif is_judged(columns):
+                found.append((path, relative.with_suffix("").as_posix(), "file"))
             else:
-                skipped.append({"path": str(path), "reason": "no question, answer and aligned score columns "
-                                                              "(not a judged file)"})
+                skipped.append({"path": str(path), "name": relative.as_posix(),
+                                "reason": "no question, answer and aligned score columns (not a judged file)"})
 
 
-def _unique(sources: list[Source]) -> list[Source]:
-    """Names that two sources share get more of their path until they differ."""
-    counts: dict[str, int] = {}
-    for source in sources:
-        counts[source.name] = counts.get(source.name, 0) + 1
-    for source in sources:
-        if counts[source.name] > 1:
-            parts = source.path.resolve().with_suffix("").parts if source.kind == "file" else source.path.resolve().parts
-            source.name = "/".join(parts[-3:])
-    return sources
+def _labels(paths: list[Path]) -> list[str]:
+    """Each path given, named below the folder they all share (a file without its extension); one
+    path alone: no label, its sources are named by themselves."""
+    if len(paths) < 2:
+        return [""] * len(paths)
+    resolved = [p.resolve() for p in paths]
+    shared = Path(os.path.commonpath([str(p if p.is_dir() else p.parent) for p in resolved]))
+    labels = []
+    for path in resolved:
+        relative = path.relative_to(shared)
+        labels.append((relative.with_suffix("") if path.is_file() else relative).as_posix().strip("."))
+    return labels
 
 
 def discover(paths) -> tuple[list[Source], list[dict]]:
-    """The sources under ``paths``, and the files passed over (with why)."""
-    sources: list[Source] = []
-    skipped: list[dict] = []
-    given_files = []
+    """The sources under ``paths``, and the files passed over (with why). A source found twice (a
+    path given twice, a folder and a run inside it) is read once."""
+    given: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir() and (path / STORE_FILE).is_file():
-            sources.append(Source(path, path.resolve().name, "run"))
-        elif path.is_dir():
-            found_before = len(sources)
-            _search(path, sources, skipped)
-            if len(sources) == found_before:
-                raise EmkitError(f"{path}: no run directory (emkit.sqlite) and no judged file (.csv or .jsonl with a "
-                                 f"question, an answer and an aligned score) in it; pass the folder of a run or of "
-                                 f"judged files.")
-        elif path.is_file():
-            given_files.append(len(sources))
-            sources.append(Source(path, path.stem, "file"))
-        else:
+        if not path.exists():
             raise EmkitError(f"{path} does not exist; pass a run directory, a judged CSV or JSONL file, or a folder "
                              f"of them.")
-    if len(given_files) > 1:  # named by their path below the folder they share
-        shared = Path(os.path.commonpath([str(sources[i].path.resolve().parent) for i in given_files]))
-        for i in given_files:
-            sources[i].name = sources[i].path.resolve().relative_to(shared).with_suffix("").as_posix()
-    return _unique(sources), skipped
+        if path.resolve() not in {g.resolve() for g in given}:
+            given.append(path)
+    sources: list[Source] = []
+    skipped: list[dict] = []
+    seen: set[Path] = set()
+    for path, label in zip(given, _labels(given)):
+        if path.is_dir() and (path / STORE_FILE).is_file():
+            found, own = [(path, path.resolve().name, "run")], True
+        elif path.is_dir():
+            found, own = [], False
+            _search(path, found, skipped)
+            if not found:
+                raise EmkitError(f"{path}: no run directory (emkit.sqlite) and no judged file (.csv or .jsonl with "
+                                 f"a question, an answer and an aligned score) in it; pass the folder of a run or of "
+                                 f"judged files.")
+        else:
+            found, own = [(path, path.stem, "file")], True
+        for where, inner, kind in found:
+            if where.resolve() in seen:
+                continue
+            seen.add(where.resolve())
+            name = (label or inner) if own else (f"{label}/{inner}" if label else inner)
+            sources.append(Source(where, name, kind, label))
+    return sources, skipped
 
 
 # --- combining ----------------------------------------------------------------------------
 
 
-def _prefix_clashing_models(parts: list[tuple[Source, pd.DataFrame]]) -> None:
-    """A model label whose cells (domain, seed, step) two sources both fill is prefixed with each
-    source's name: the same label in two trees is two models unless their cells fit together
-    (the course's 1B medical, 1B risky and 1B baseline files are one model)."""
+def _cells(frame: pd.DataFrame) -> set[tuple]:
+    return set(map(tuple, frame[["model", "domain", "seed", "step"]].astype(str).drop_duplicates().to_numpy()))
+
+
+def _clashes(parts: list[tuple[Source, pd.DataFrame]]) -> dict[tuple, set[int]]:
     owners: dict[tuple, set[int]] = {}
     for index, (_, frame) in enumerate(parts):
-        cells = frame[["model", "domain", "seed", "step"]].astype(str).drop_duplicates()
-        for cell in cells.itertuples(index=False):
-            owners.setdefault(tuple(cell), set()).add(index)
-    clashing = {cell[0] for cell, who in owners.items() if len(who) > 1}
+        for cell in _cells(frame):
+            owners.setdefault(cell, set()).add(index)
+    return {cell: who for cell, who in owners.items() if len(who) > 1}
+
+
+def keep_runs_apart(parts: list[tuple[Source, pd.DataFrame]]) -> dict[str, dict]:
+    """Sources that fill the same cell (model, domain, seed and step) are other runs, never one
+    pooled: sources under different paths given (two trees, two run directories) have their models
+    prefixed with the path's name, each tree keeping its own baselines; two sources of one tree (a
+    `_v1` and a `_v2` of one model and domain) have their domain suffixed with the source's name,
+    so both keep the baseline their tree gives that model. The frames change in place; returns each
+    source's renames (model and domain), for the summaries published beside it."""
+    renames: dict[str, dict] = {source.name: {"model": {}, "domain": {}, "prefix": ""} for source, _ in parts}
+    roots = {parts[i][0].root for who in _clashes(parts).values() if len({parts[j][0].root for j in who}) > 1
+             for i in who}
     for source, frame in parts:
-        if clashing:
+        if source.root and source.root in roots:
             models = frame["model"].astype(str)
-            frame["model"] = models.where(~models.isin(clashing), source.name + "/" + models)
+            renames[source.name]["model"] = {m: f"{source.root}/{m}" for m in models.unique()}
+            renames[source.name]["prefix"] = source.root + "/"
+            frame["model"] = source.root + "/" + models
+    for index in sorted({i for who in _clashes(parts).values() for i in who}):
+        source, frame = parts[index]
+        domains = frame["domain"].astype(str)
+        inner = source.name[len(source.root) + 1:] if source.root and source.name.startswith(source.root + "/") \
+            else source.name
+        mapping = {d: f"{d} ({inner})" for d in domains.unique() if d}
+        renames[source.name]["domain"] = mapping
+        frame["domain"] = domains.map(lambda d: mapping.get(d, d))
+    return renames
 
 
 def _expand_file_baselines(judged: pd.DataFrame) -> pd.DataFrame:
@@ -168,13 +203,17 @@ def load_sources(paths, em: EMDefinition | None = None, text: bool = False, all_
         else:
             reading = read_judged(source.path, source.name, read_table(source.path))
             judged = reading.judged
-            step_files += reading.step_summaries
-            rates_files += [r for r in reading.rates_summaries if not any(r["file"].iloc[0] == f["file"].iloc[0]
-                                                                          for f in rates_files)]
+            judge = str(judged["judge"].iloc[0]) if len(judged) else ""
+            # what the tree published beside the file: checked against the file's own judge
+            step_files += [f.assign(source=source.name, judge=judge) for f in reading.step_summaries]
+            rates_files += [r.assign(source=source.name, judge=judge) for r in reading.rates_summaries
+                            if not any(r["file"].iloc[0] == f["file"].iloc[0] for f in rates_files)]
             described.append(_source_info(source, reading.layout, reading.rule))
             infos.append({"answers_total": judged["answer_id"].nunique()})
         parts.append((source, judged))
-    _prefix_clashing_models(parts)
+    renames = keep_runs_apart(parts)
+    step_files = [_renamed(f, renames, "model", "domain") for f in step_files]
+    rates_files = [_renamed(f, renames, "model_size", None, whole_tree=True) for f in rates_files]
     if len(parts) > 1:
         for source, judged in parts:
             judged["answer_id"] = source.name + ":" + judged["answer_id"].astype(str)
@@ -198,6 +237,20 @@ def load_sources(paths, em: EMDefinition | None = None, text: bool = False, all_
     }
     tables = build_tables(judged, em_from_config(config, em, all_questions), info)
     if step_files or rates_files:
-        tables.published = check_published(step_files, rates_files, tables.course_steps, tables.course_summary,
-                                           tables.primary_judge)
+        tables.published = check_published(step_files, rates_files, tables.course_steps, tables.course_summary)
     return tables
+
+
+def _renamed(published: pd.DataFrame, renames: dict, model: str, domain: str | None,
+             whole_tree: bool = False) -> pd.DataFrame:
+    """A published summary with its source's models and domains as keep_runs_apart renamed them (a
+    summary of the whole tree: every model with its tree's prefix)."""
+    own = renames.get(published["source"].iloc[0], {"model": {}, "domain": {}, "prefix": ""})
+    out = published.copy()
+    if whole_tree:
+        out[model] = own["prefix"] + out[model].astype(str)
+    else:
+        out[model] = out[model].astype(str).map(lambda m: own["model"].get(m, m))
+    if domain:
+        out[domain] = out[domain].astype(str).map(lambda d: own["domain"].get(d, d))
+    return out

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from emkit.analysis.bootstrap import difference_interval
+from emkit.analysis.bootstrap import paired_difference_interval
 from emkit.analysis.stats import cohen_kappa, spearman, wilson_interval
 from emkit.em import (PAPERS, PAPERS_ALIGNED_BELOW, PAPERS_COHERENT_ABOVE, NAMED_DEFINITIONS,  # noqa: F401
                       EMDefinition, em_definition)
@@ -190,9 +190,13 @@ def group_counts(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     out = groups[list(FLAG_SUMS.values())].sum()
     out.columns = list(FLAG_SUMS)
     out["n"] = groups.size()
+    # means over the questions the definition counts (all of them, unless its paper leaves some out)
+    inside = df["em_question"] if "em_question" in df and not df["em_question"].all() else None
     for metric in ("aligned", "coherent"):
-        out[f"sum_{metric}"] = groups[metric].sum()
-        out[f"count_{metric}"] = groups[metric].count()
+        grouped = groups[metric] if inside is None else \
+            df[metric].where(inside).groupby([df[k] for k in keys], dropna=False, sort=True, observed=True)
+        out[f"sum_{metric}"] = grouped.sum()
+        out[f"count_{metric}"] = grouped.count()
     return out.reset_index()
 
 
@@ -347,30 +351,27 @@ TRAJECTORY = RUN_KEYS + ["questions"]
 
 def step_changes(steps: pd.DataFrame, groups: pd.DataFrame, draws: np.ndarray) -> pd.DataFrame:
     """Each checkpoint's change in EM rate from the previous one and from step 0 of its trajectory,
-    with paired cluster-bootstrap intervals (the same question weights on both sides, corrected for
-    few questions; Newcombe's where the draws do not vary)."""
-    from emkit.analysis.stats import difference_interval as newcombe
-
+    with paired intervals: each rate's cluster interval and the correlation of their draws over the
+    same question weights (emkit.analysis.bootstrap.paired_difference_interval)."""
     keys = TRAJECTORY + ["step"]
-    out = steps.merge(groups[keys + ["_questions"]].assign(_draw=np.arange(len(groups))), on=keys, how="left")
+    out = steps.merge(groups[keys].assign(_draw=np.arange(len(groups))), on=keys, how="left")
     out = out.sort_values(keys).reset_index(drop=True)
     trajectory = out.groupby(TRAJECTORY, dropna=False, sort=False, observed=True)
-    columns = ["_draw", "_questions", "em_rate", "n_misaligned", "n_counted"]
+    columns = ["_draw", "em_rate", "boot_low", "boot_high"]
     for name, other in (("prev", trajectory[columns].shift(1)), ("base", trajectory[columns].transform("first"))):
-        valid = (other["_draw"].notna() & out["_draw"].notna() & (out["step"] > 0)).to_numpy()
+        valid = (other["_draw"].notna() & out["_draw"].notna() & (out["step"] > 0) & out["em_rate"].notna()
+                 & other["em_rate"].notna()).to_numpy()
         low = np.full(len(out), np.nan)
         high = np.full(len(out), np.nan)
         if valid.any() and draws.size:
             mine, theirs = out[valid], other[valid]
-            estimate, n_low, n_high = newcombe(theirs["n_misaligned"], theirs["n_counted"], mine["n_misaligned"],
-                                               mine["n_counted"])
-            shared = np.minimum(mine["_questions"].to_numpy(float), theirs["_questions"].to_numpy(float))
-            low[valid], high[valid] = difference_interval(draws[theirs["_draw"].astype(int).to_numpy()],
-                                                          draws[mine["_draw"].astype(int).to_numpy()], estimate,
-                                                          shared, fallback=(n_low, n_high))
+            low[valid], high[valid] = paired_difference_interval(
+                theirs["em_rate"], theirs["boot_low"], theirs["boot_high"], mine["em_rate"], mine["boot_low"],
+                mine["boot_high"], draws[theirs["_draw"].astype(int).to_numpy()],
+                draws[mine["_draw"].astype(int).to_numpy()])
         out[f"change_{name}"] = np.where(valid, out["em_rate"] - other["em_rate"], np.nan)
         out[f"change_{name}_low"], out[f"change_{name}_high"] = low, high
-    return out.drop(columns=["_draw", "_questions"])
+    return out.drop(columns=["_draw"])
 
 
 def build_tables(judged: pd.DataFrame, em: EMDefinition, info: dict | None = None,
