@@ -15,6 +15,7 @@ import click
 from emkit import __version__
 from emkit.em import EM_DEFINITIONS
 from emkit.errors import EmkitError
+from emkit.stopping import Stopped
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,10 +110,13 @@ def _live_wall(cost) -> str:
               help="EM definition of the report: seed (default), betley or model-organisms.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory. Default: runs/<config name>. Running again resumes it.")
+@click.option("--rejudge-fallbacks", is_flag=True,
+              help="Have each --judge also score the answers a --fallback judge scored in its place.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the judge cost; touch no model.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 def run(config_file, preset, trainer, generator, executor, judges, fallback, models, domains, seeds, samples, api_base, api_key_env,
-        allow_insecure_http, concurrency, scoring, judge_mode, trust_remote_code, em, out_dir, dry_run, as_json):
+        allow_insecure_http, concurrency, scoring, judge_mode, trust_remote_code, em, out_dir, rejudge_fallbacks, dry_run,
+        as_json):
     """Run an experiment: train, generate, judge and report (resumable)."""
     from emkit.plugins import get_registry
 
@@ -141,7 +145,7 @@ def run(config_file, preset, trainer, generator, executor, judges, fallback, mod
         return
     from emkit.runner import run_experiment
 
-    run_experiment(config, out_dir or Path("runs") / config.name, registry)
+    run_experiment(config, out_dir or Path("runs") / config.name, registry, rejudge_fallbacks=rejudge_fallbacks)
 
 
 @cli.command()
@@ -169,14 +173,14 @@ def refine(run_dir, steps, runs, points, dry_run):
 @click.option("--json", "as_json", is_flag=True, help="Each unit as JSON.")
 def status(run_dir, as_json):
     """Where each unit of a run's GPU work is: waiting, queued, running (which job), done, failed (its log tail)."""
-    from emkit.execution.status import status_lines, unit_status
+    from emkit.execution.status import fallback_notes, status_lines, unit_status
     from emkit.plugins import get_registry
 
     units = unit_status(run_dir, get_registry())
     if as_json:
         _echo_json(units)
     else:
-        click.echo("\n".join(status_lines(run_dir, units)))
+        click.echo("\n".join(status_lines(run_dir, units) + fallback_notes(run_dir)))
 
 
 # --- judge ------------------------------------------------------------------------------
@@ -621,27 +625,40 @@ def main(argv=None) -> None:
             _interrupted()
         click.echo("Aborted.", err=True)
         sys.exit(1)
+    except (KeyboardInterrupt, Stopped):
+        _interrupted()
     except EmkitError as exc:
+        if interrupted:
+            _interrupted()
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _interrupted()
+    except Exception:
+        # a library that catches the KeyboardInterrupt and raises something else (safetensors, mid-load,
+        # turns it into a ValueError): after Ctrl-C an error is the interrupt's, not a bug to show
+        if interrupted:
+            _interrupted()
+        raise
 
 
 def _watch_ctrl_c() -> list:
-    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered: a run whose interrupt was
-    swallowed on its way up still ends with the message and exit code 130."""
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt as Ctrl-C usually does, tell work on other threads
+    to stop (emkit.stopping), and are remembered: a run whose interrupt was swallowed or turned into
+    another error on its way up still ends with the message and exit code 130."""
     import signal
+
+    from emkit import stopping
 
     seen: list = []
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         seen.append(signum)
+        stopping.request_stop()
         raise KeyboardInterrupt
 
     try:
-        signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not the main thread (emkit called from a thread): Python's own handler stays
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+    except ValueError:  # not the main thread (emkit called from a thread): Python's own handlers stay
         pass
     return seen
 

@@ -160,6 +160,9 @@ OnJudged = Callable[[JudgeRequest, JudgeResult], None]
 class Judge(Protocol):
     name: str  # the spec the user wrote: "gpt-4o-mini", "local:/models/judge"
     identity: str  # what makes two judges interchangeable for the cache
+    # Runs a model on this machine's GPU (its CPU where there is none): kept from judging beside GPU
+    # work on this machine. Read with getattr(judge, "uses_gpu", False), so older plugins need not say.
+    uses_gpu: bool
 
     def unavailable_reason(self) -> str | None:
         """A sentence saying why this judge cannot be used here (no key, unreachable), or None."""

@@ -14,13 +14,13 @@ trajectories gain the new points. A refine that was stopped is finished by the n
 from __future__ import annotations
 
 import logging
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from emkit.errors import EmkitError
+from emkit.rundir import saved_experiment_config
 
 log = logging.getLogger("emkit")
 
@@ -41,17 +41,6 @@ def parse_steps(text: str) -> list[int]:
     if not steps:
         raise EmkitError("--steps is empty; pass the steps to add, e.g. --steps 12,15.")
     return sorted(set(steps))
-
-
-def saved_config(run_path: Path):
-    from emkit.config import config_from_dict
-
-    path = Path(run_path) / "config.toml"
-    if not (Path(run_path) / "emkit.sqlite").is_file() or not path.is_file():
-        raise EmkitError(f"{run_path} is not an emkit run directory (no emkit.sqlite and config.toml); pass the "
-                         f"--out of an `emkit run`.")
-    with path.open("rb") as handle:
-        return config_from_dict(tomllib.load(handle), str(path))
 
 
 def selected_runs(plan, names) -> list:
@@ -140,6 +129,23 @@ def with_refinements(config, refinements: list[Refinement]):
     return config.model_copy(update={"checkpoints": config.checkpoints.model_copy(update={"refine": refine})})
 
 
+def config_lines(config, run_path: Path) -> list[str]:
+    """What running a run directory's saved config means: its models, where it runs, what code it lets run."""
+    execution = config.execution
+    lines = [f"refine runs the config saved in {Path(run_path) / 'config.toml'}:",
+             f"  models {', '.join(f'{m.label}={m.id}' for m in config.models)}; domains {', '.join(config.domains)}; "
+             f"seeds {', '.join(map(str, config.seeds))}",
+             f"  trainer {config.training.trainer}, generator {config.evaluation.generator}, executor "
+             f"{execution.executor}; judges {', '.join(config.judging.judges)}"
+             + (f" (fallback {', '.join(config.judging.fallback)})" if config.judging.fallback else "")]
+    if config.trust_remote_code:
+        lines.append("  trust_remote_code = true: code shipped with these models runs here")
+    if execution.executor == "slurm" and execution.slurm.setup:
+        lines.append("  shell lines each Slurm job runs first (execution.slurm.setup):")
+        lines += [f"    {line}" for line in execution.slurm.setup]
+    return lines
+
+
 def refine(run_path: Path, registry, *, steps: list[int] | None = None, run_names=(), points: int = 3,
            dry_run: bool = False) -> list[Refinement]:
     """Choose the checkpoints to add, then train, sample, judge and report them; return what was added
@@ -148,7 +154,9 @@ def refine(run_path: Path, registry, *, steps: list[int] | None = None, run_name
     from emkit.runner import run_experiment
 
     run_path = Path(run_path)
-    config = saved_config(run_path)
+    config = saved_experiment_config(run_path)
+    for line in config_lines(config, run_path):  # the saved config runs as it is: shown before anything runs
+        log.info("%s", line)
     plan = build_plan(config, registry, need_datasets=False)
     runs = selected_runs(plan, run_names)
     pending = unfinished(run_path, plan)

@@ -170,3 +170,17 @@ class RunDirectory:
                     f"{self.path} already has model '{model.label}' = {old_models[model.label]}; this run names "
                     f"{model.id} with the same label; give it another label or pass a new --out directory."
                 )
+
+
+def saved_experiment_config(run_path: Path):
+    """The config an `emkit run` saved in its run directory, checked as any config is."""
+    from emkit.config import config_from_dict
+    from emkit.errors import EmkitError
+
+    path = Path(run_path) / CONFIG_FILE
+    if not (Path(run_path) / "emkit.sqlite").is_file() or not path.is_file():
+        raise EmkitError(f"{run_path} is not an emkit run directory (no emkit.sqlite and config.toml); pass the "
+                         f"--out directory of an `emkit run`.")
+    with path.open("rb") as handle:
+        return config_from_dict(tomllib.load(handle), str(path))
+

@@ -77,12 +77,13 @@ def _build_builtin_models(config: ExperimentConfig) -> None:
         build_builtins(models + judges)
 
 
-def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResult:
+def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fallbacks: bool = False) -> RunResult:
+    """``rejudge_fallbacks``: each judge also scores the answers a fallback judge scored in its place."""
     from emkit.execution import create_executor
     from emkit.execution.coordinator import run_gpu_work
-    from emkit.execution.overlap import BackgroundJudging, overlapping_judges
+    from emkit.execution.overlap import BackgroundJudging
     from emkit.execution.timing import RunTiming
-    from emkit.stages.judge import judge_stage
+    from emkit.stages.judge import fallback_lines, judge_stage
     from emkit.stages.report import report_stage
     from emkit.stages.train import record_runs, refuse_unavailable_trainer, trainer_for
 
@@ -116,16 +117,21 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry) -> RunResu
             if executor.in_process:  # elsewhere the trainer's packages are the job's business
                 refuse_unavailable_trainer(store, plan, trainer)
             record_runs(store, plan, trainer)
-            judging = BackgroundJudging(run_dir.path, plan, registry, progress, overlapping_judges(config),
+            judging = BackgroundJudging(run_dir.path, plan, registry, progress, executor.gpu_work_here,
                                         config.execution.poll_s).start()
             try:
                 work = run_gpu_work(run_dir, plan, registry, progress, executor, judging)
-            finally:
-                judging.finish()
+            except BaseException:  # Ctrl-C, SIGTERM, an error: the calls in flight are cancelled, not waited for
+                judging.cancel()
+                raise
+            judging.finish()
             gpu_done = time.time()
             result.checkpoints_saved, result.answers_generated = work.checkpoints, work.answers
             result.tallies = judging.tallies + judge_stage(run_dir, plan, registry, progress, pool=judging.pool,
-                                                           earlier=judging.tallies)
+                                                           earlier=judging.tallies,
+                                                           rejudge_fallbacks=rejudge_fallbacks)
+            for line in fallback_lines(store, config.judging):
+                log.warning("%s", line)
             judge_intervals = judging.intervals + ([(gpu_done, time.time())] if result.tallies[len(judging.tallies):]
                                                    else [])
             timing = RunTiming.measure(executor.name, started, time.time(), work.intervals, judge_intervals,

@@ -169,6 +169,8 @@ def result_from_completion(data: dict, mode: str, default_model: str) -> JudgeRe
 
 
 class LiteLLMJudge:
+    uses_gpu = False  # an API: the GPU work never waits for it
+
     def __init__(self, model: str, options: JudgeOptions, name: str | None = None):
         self.model = model
         self.options = options

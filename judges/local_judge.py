@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from emkit import stopping
 from emkit.chat import render_user_prompt
 from emkit.errors import EmkitError
 from emkit.hookspecs import hookimpl
@@ -120,6 +121,8 @@ def result_from_distribution(probabilities: dict[int, float], top_token: str, ju
 
 
 class LocalJudge:
+    uses_gpu = True  # its model runs on this machine's GPU (its CPU where there is none)
+
     def __init__(self, spec: str, options: JudgeOptions):
         self.spec = spec
         self.options = options
@@ -179,6 +182,7 @@ class LocalJudge:
         size = self.options.batch_size
         with progress(total=len(requests), unit="judgments", desc=f"judge {self.name}") as bar:
             for start in range(0, len(order), size):
+                stopping.raise_if_stopped()  # Ctrl-C, or background judging cancelled: end between batches
                 batch = order[start:start + size]
                 if scorer is not None:
                     for request, (probabilities, top) in zip(batch, scorer.distributions([r.prompt for r in batch])):

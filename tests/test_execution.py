@@ -107,20 +107,33 @@ def test_answers_are_judged_while_the_next_checkpoints_train(judge_server_factor
     assert re.search(r"done +tiny-medical-seed0 +job pid\d+ +attempt 1 +3/3 checkpoints +120/120 answers", status)
 
 
-def test_a_local_judge_waits_for_the_gpu_work_unless_the_gpu_work_is_elsewhere():
+def test_a_judge_that_uses_the_gpu_waits_for_the_gpu_work_unless_the_gpu_work_is_elsewhere():
+    """Judges say whether they use the GPU (``uses_gpu``); names are not read. Executors say whether
+    their GPU work runs on this machine."""
     from emkit.config import ExperimentConfig
+    from emkit.execution.local import LocalExecutor
+    from emkit.execution.local_gpus import LocalGpusExecutor
     from emkit.execution.overlap import overlapping_judges
 
-    def config(executor, mode="auto"):
-        return ExperimentConfig.model_validate({
-            "judging": {"judges": ["gpt-4o-mini", "local:builtin:tiny-judge"]},
-            "execution": {"executor": executor, "overlap_judging": mode}})
+    class Judge:
+        def __init__(self, uses_gpu):
+            self.uses_gpu = uses_gpu
 
-    assert overlapping_judges(config("local")) == ["gpt-4o-mini"]
-    assert overlapping_judges(config("local-gpus")) == ["gpt-4o-mini"]
-    assert overlapping_judges(config("slurm")) == ["gpt-4o-mini", "local:builtin:tiny-judge"]
-    assert overlapping_judges(config("local", "on")) == ["gpt-4o-mini", "local:builtin:tiny-judge"]
-    assert overlapping_judges(config("slurm", "off")) == []
+    class Pool:  # the API judge is named like a local one, the local one like an API: only uses_gpu counts
+        made = {"local:api-judge": Judge(False), "gpu-judge": Judge(True)}
+
+        def get(self, spec):
+            return self.made[spec]
+
+    def config(mode="auto"):
+        return ExperimentConfig.model_validate({
+            "judging": {"judges": ["local:api-judge", "gpu-judge"]}, "execution": {"overlap_judging": mode}})
+
+    assert LocalExecutor.gpu_work_here and LocalGpusExecutor.gpu_work_here
+    assert overlapping_judges(config(), Pool(), gpu_work_here=True) == ["local:api-judge"]
+    assert overlapping_judges(config(), Pool(), gpu_work_here=False) == ["local:api-judge", "gpu-judge"]
+    assert overlapping_judges(config("on"), Pool(), gpu_work_here=True) == ["local:api-judge", "gpu-judge"]
+    assert overlapping_judges(config("off"), Pool(), gpu_work_here=False) == []
 
 
 def test_the_dry_run_shows_each_job_and_the_sbatch_file(tmp_path):

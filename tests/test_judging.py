@@ -124,7 +124,9 @@ def test_a_hung_request_ends_at_the_timeout_and_is_retried(judge_server_factory,
     server = judge_server_factory(scripted(Reply(stall=True)))
     results, _ = judge_targets(server.url, targets(1), tmp_path / "c.sqlite", timeout_s=1.0, transport=transport)
     assert results[("0", "aligned")][0].status == "ok"
-    assert server.count == 2 and 1.0 <= server.arrivals[1] - server.arrivals[0] < 3.0
+    # the timeout runs from the call's start; litellm 1.110 spends up to ~0.3 s of it setting up its
+    # first connection before the request arrives, so the arrivals can be a little under 1 s apart
+    assert server.count == 2 and 0.5 <= server.arrivals[1] - server.arrivals[0] < 3.0
 
 
 def test_a_call_that_keeps_failing_becomes_status_error(judge_server_factory, tmp_path):

@@ -7,4 +7,5 @@ from __future__ import annotations
 class LocalExecutor:
     name = "local"
     in_process = True
+    gpu_work_here = True  # a judge that uses the GPU would share it with the units
     slots = 1

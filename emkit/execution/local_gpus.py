@@ -54,6 +54,7 @@ def _cmdline(pid: int) -> str:
 class LocalGpusExecutor:
     name = "local-gpus"
     in_process = False
+    gpu_work_here = True  # a judge that uses the GPU would share it with the units
 
     def __init__(self, settings, run_path: Path):
         self.gpus = list(settings.gpus) or visible_gpus()

@@ -74,6 +74,7 @@ def sbatch_script(settings, folder: Path, job_name: str, python: str) -> str:
 class SlurmExecutor:
     name = "slurm"
     in_process = False
+    gpu_work_here = False  # the units run on the cluster's GPUs, not this machine's
 
     def __init__(self, settings, run_path: Path):
         if shutil.which("sbatch") is None or shutil.which("squeue") is None:

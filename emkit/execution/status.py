@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
-from emkit.errors import EmkitError
 
 
 def _squeue_states(job_ids: list[str]) -> dict[str, str]:
@@ -34,17 +32,13 @@ def _process_alive(job_id: str) -> bool:
 
 
 def unit_status(run_path: Path, registry) -> list[dict]:
-    from emkit.config import config_from_dict
     from emkit.execution.units import plan_run, plan_units, unit_answers
     from emkit.plan import build_plan
+    from emkit.rundir import saved_experiment_config
     from emkit.store import STORE_FILE, Store
 
     run_path = Path(run_path)
-    if not (run_path / STORE_FILE).is_file() or not (run_path / "config.toml").is_file():
-        raise EmkitError(f"{run_path} is not an emkit run directory (no {STORE_FILE} and config.toml); pass the "
-                         f"--out directory of an `emkit run`.")
-    with (run_path / "config.toml").open("rb") as handle:
-        config = config_from_dict(tomllib.load(handle), str(run_path / "config.toml"))
+    config = saved_experiment_config(run_path)
     plan = build_plan(config, registry, need_datasets=False)
     store = Store(run_path / STORE_FILE)
     try:
@@ -75,6 +69,20 @@ def unit_status(run_path: Path, registry) -> list[dict]:
                 "updated_at": row.get("updated_at"),
             })
         return out
+    finally:
+        store.close()
+
+
+def fallback_notes(run_path: Path) -> list[str]:
+    """Answers a fallback judge scored in their judge's place, and how to have their judge score them."""
+    from emkit.rundir import saved_experiment_config
+    from emkit.stages.judge import fallback_lines
+    from emkit.store import STORE_FILE, Store
+
+    config = saved_experiment_config(run_path)
+    store = Store(Path(run_path) / STORE_FILE)
+    try:
+        return fallback_lines(store, config.judging)
     finally:
         store.close()
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Awaitable, Callable
 
+from emkit import stopping
 from emkit.errors import EmkitError, JudgeErrorsExceeded
 from emkit.interfaces import JudgeRequest, JudgeResult
 
@@ -224,10 +225,17 @@ run_calls_async = _run  # the same calls from inside an event loop (a batch's re
 
 def run_async(make_coro, on_result, bar) -> None:
     """Run ``make_coro(on_result, bar)`` to its end: on this thread, or, where an event loop already
-    runs here (Jupyter), on a thread of its own with the callbacks relayed back to this one."""
+    runs here (Jupyter), on a thread of its own with the callbacks relayed back to this one.
+    A stop (emkit.stopping: Ctrl-C, SIGTERM, background judging's end) cancels the calls in
+    flight within a fraction of a second and raises Stopped; results delivered before it are kept."""
+    is_stopped = stopping.checker()
+
+    async def until_stopped(receive, progress_bar):
+        await stopping.watch(asyncio.ensure_future(make_coro(receive, progress_bar)), is_stopped)
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        asyncio.run(make_coro(on_result, bar))
+        asyncio.run(until_stopped(on_result, bar))
         return
-    _Relay().run(make_coro, on_result, bar)
+    _Relay().run(until_stopped, on_result, bar)

@@ -12,7 +12,7 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from emkit.errors import EmkitError, JudgeErrorsExceeded
+from emkit.errors import JudgeErrorsExceeded
 from emkit.interfaces import JudgeOptions, JudgeRequest
 from emkit.judging.api import JudgeUnavailable
 from emkit.judging.cache import JudgeCache, default_cache_path, request_key
@@ -155,7 +155,7 @@ def judge_with_fallback(chain: list[str], targets, pool: JudgePool, store, cache
             except JudgeUnavailable as exc:  # the first call found it unusable; nothing was stored
                 reason = str(exc)
         tried.append(f"{spec}: {reason}")
-    raise EmkitError(
+    raise JudgeUnavailable(
         f"No judge can be used ({'; '.join(tried)}); set the missing key, check --api-base, or add "
         f"--fallback local:PATH_OR_HUB_ID."
     )
@@ -192,16 +192,19 @@ def judge_chain(settings, spec: str) -> list[str]:
 
 
 def judge_pass(plan: Plan, store, specs: list[str], pool: JudgePool, progress,
-               earlier: list[JudgeTally] | None = None, max_error_share: float | None = None) -> list[JudgeTally]:
+               earlier: list[JudgeTally] | None = None, max_error_share: float | None = None,
+               fallbacks: bool = True, primary_again: bool = False) -> list[JudgeTally]:
     """Judge every stored answer not yet judged by each judge of ``specs`` (or its fallback).
-    ``earlier``: this run's tallies of passes before this one; the error share counts them too."""
+    ``earlier``: this run's tallies of passes before this one; the error share counts them too.
+    ``fallbacks=False``: each judge alone (beside the GPU work, answers wait for their own judge).
+    ``primary_again``: answers a fallback scored are scored by their own judge too (no fallback)."""
     settings = plan.config.judging
     library = PromptLibrary(plan.domains)
     cache = JudgeCache(default_cache_path(settings.cache))
     tallies = []
     try:
         for spec in specs:
-            chain = judge_chain(settings, spec)
+            chain = judge_chain(settings, spec) if fallbacks and not primary_again else [spec]
             names = [pool.get(s).name for s in chain]
             targets = build_targets(plan, store, store.judged(names), library)
             if not targets:
@@ -222,10 +225,35 @@ def made_without_error(tallies: list[JudgeTally]) -> dict[str, int]:
 
 
 def judge_stage(run_dir, plan: Plan, registry, progress, pool: JudgePool | None = None,
-                earlier: list[JudgeTally] | None = None) -> list[JudgeTally]:
-    """Judge what is left; ``pool`` and ``earlier``: the judges and tallies of the passes made beside the GPU work."""
+                earlier: list[JudgeTally] | None = None, rejudge_fallbacks: bool = False) -> list[JudgeTally]:
+    """Judge what is left; ``pool`` and ``earlier``: the judges and tallies of the passes made beside the GPU work.
+    ``rejudge_fallbacks``: first, each judge scores the answers a fallback scored in its place."""
     pool = pool or JudgePool(judge_options(plan.config.judging, plan.config.trust_remote_code), registry)
-    tallies = judge_pass(plan, run_dir.store, plan.config.judging.judges, pool, progress, earlier)
+    tallies = []
+    if rejudge_fallbacks:
+        tallies += judge_pass(plan, run_dir.store, plan.config.judging.judges, pool, progress, earlier,
+                              primary_again=True)
+    tallies += judge_pass(plan, run_dir.store, plan.config.judging.judges, pool, progress, (earlier or []) + tallies)
     for tally in tallies:
         log.info("%s", tally.line())
     return tallies
+
+
+def scored_by_fallback(store, settings) -> list[tuple[str, str, int]]:
+    """(judge, fallback, answers): answers a fallback judge scored that their own judge has not."""
+    found = []
+    for spec in settings.judges:
+        own = {answer for answer, _ in store.judged([spec])}
+        for fallback in settings.fallback:
+            if fallback in settings.judges:  # a judge of the run in its own right
+                continue
+            answers = {answer for answer, _ in store.judged([fallback])} - own
+            if answers:
+                found.append((spec, fallback, len(answers)))
+    return found
+
+
+def fallback_lines(store, settings) -> list[str]:
+    return [f"{n} answers were scored by {fallback} in place of {spec}; once {spec} can be reached, "
+            f"`emkit run ... --rejudge-fallbacks` has {spec} score them too"
+            for spec, fallback, n in scored_by_fallback(store, settings)]

@@ -100,8 +100,10 @@ class JudgeServer:
     """``with JudgeServer() as server: ... server.url ...``; ``server.requests`` lists bodies received."""
 
     def __init__(self, responder: Callable[[dict], Reply] | None = None, latency_s: float = 0.0,
-                 strict: bool = True, rate_limits: RateLimits | None = None, batch: BatchBehaviour | None = None):
+                 strict: bool = True, rate_limits: RateLimits | None = None, batch: BatchBehaviour | None = None,
+                 port: int = 0):
         self.responder = responder or default_responder
+        self.port = port  # 0: any free port; a stopped server's port: the same service back at the same URL
         self.latency_s = latency_s
         self.strict = strict
         self.rate_limits = rate_limits
@@ -184,7 +186,7 @@ class JudgeServer:
                 self._send(status, body, content_type="application/octet-stream" if isinstance(body, bytes)
                            else "application/json")
 
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", self.port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
