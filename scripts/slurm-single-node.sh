@@ -84,8 +84,14 @@ GresTypes=gpu
 MinJobAge=600
 KillWait=5
 InactiveLimit=0
+# a job of the urgent partition preempts debug's jobs, which Slurm requeues (tests/test_slurm.py)
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory Gres=gpu:$gpus State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=2
+# a partition whose one-minute limit keeps longer jobs pending for ever (PartitionTimeLimit)
+PartitionName=short Nodes=ALL MaxTime=1 State=UP PriorityTier=1
 CONF
 {
   echo "AutoDetect=off"

@@ -240,3 +240,54 @@ def test_the_error_share_is_the_runs_not_one_passes(judge_server_factory, tmp_pa
     conn.close()
     assert total == 480 and 0 < errors / total < 0.05
     assert (out / "report.html").is_file()
+
+
+def test_slurm_pending_reasons_in_words_and_the_gpus_sinfo_lists():
+    from emkit.execution.slurm_queue import gpu_count, never_starts, reason_in_words
+
+    assert gpu_count("gpu:4") == 4 and gpu_count("gpu:a100:8(S:0-1)") == 8
+    assert gpu_count("gpu:a100:4,gpu:v100:2,shard:8") == 6 and gpu_count("(null)") == 0
+    assert reason_in_words("Resources") == "waiting for free nodes (Resources)"
+    assert reason_in_words("PartitionConfig") == "the request exceeds what the partition allows (PartitionConfig)"
+    assert never_starts("PartitionConfig") and never_starts("ReqNodeNotAvail, UnavailableNodes:vm")
+    assert not never_starts("Resources") and not never_starts("Priority") and not never_starts("")
+
+
+def test_a_request_above_every_node_is_refused_naming_the_keys(monkeypatch):
+    from emkit.config import SlurmSettings
+    from emkit.errors import EmkitError
+    from emkit.execution import slurm_queue
+
+    monkeypatch.setattr(slurm_queue, "partition_nodes", lambda partition: [
+        slurm_queue.NodeSize("a", 2, 23_000, 0), slurm_queue.NodeSize("b", 64, 512_000, 8)])
+    slurm_queue.check_request_fits(SlurmSettings(cpus_per_job=8, mem_gb=64, gpus_per_job=1))  # node b holds it
+    with pytest.raises(EmkitError, match=r"No node of partition gpu can run a job asking 8 CPUs, 1024 GB and 9 GPUs "
+                                         r"\(its largest: 64 CPUs, 500 GB, 8 GPUs\); lower \[execution.slurm\] "
+                                         r"mem_gb \(at most 500\), gpus_per_job \(at most 8\)"):
+        slurm_queue.check_request_fits(SlurmSettings(partition="gpu", cpus_per_job=8, mem_gb=1024, gpus_per_job=9))
+    monkeypatch.setattr(slurm_queue, "partition_nodes", lambda partition: None)  # sinfo cannot say: sbatch will
+    slurm_queue.check_request_fits(SlurmSettings(mem_gb=1024))
+
+
+def test_a_slurm_job_is_gone_only_after_consecutive_misses_and_never_while_it_is_requeued(monkeypatch, tmp_path):
+    """Misses reset whenever Slurm lists the job queued or running; PREEMPTED and NODE_FAIL are waited for."""
+    pytest.importorskip("submitit")
+    from emkit.config import ExecutionSettings
+    from emkit.execution import slurm
+    from emkit.execution.handles import GONE, QUEUED, RUNNING, JobHandle
+    from emkit.execution.slurm_queue import QueuedJob
+
+    executor = object.__new__(slurm.SlurmExecutor)
+    executor.settings, executor.folder, executor._misses = ExecutionSettings(), tmp_path / "%j", {}
+    handle = JobHandle("tiny-medical-seed0", "41", str(tmp_path / "41.err"))
+    listings = iter([{}, {"41": QueuedJob("PENDING", "Resources")}, {}, {"41": QueuedJob("PREEMPTED")},
+                     {"41": QueuedJob("RUNNING")}, {"41": QueuedJob("NODE_FAIL")}, {}, {"41": QueuedJob("PENDING",
+                     "BeginTime")}, {}, {}, {}])
+    monkeypatch.setattr(executor, "_queue", lambda: next(listings))
+    monkeypatch.setattr(slurm, "sacct_states", lambda ids: {})
+    seen = [executor.poll([handle])["41"].state for _ in range(11)]
+    assert seen == [RUNNING, QUEUED, RUNNING, RUNNING, RUNNING, RUNNING, RUNNING, QUEUED, RUNNING, RUNNING, GONE]
+    # sacct still knowing the job as running holds it back, whatever squeue says
+    listings = iter([{}, {}, {}, {}])
+    monkeypatch.setattr(slurm, "sacct_states", lambda ids: {"41": "RUNNING"})
+    assert [executor.poll([handle])["41"].state for _ in range(4)] == [RUNNING] * 4

@@ -93,6 +93,21 @@ def test_emkit_judge_in_batch_mode_scores_the_course_file(reference_dir, judge_s
     assert "submitted batch" in result.stderr and "200 of 200 done" in result.stderr
 
 
+def test_two_servers_that_number_their_files_alike_share_one_cache(reference_dir, judge_server_factory, tmp_path):
+    """Both loopback servers call their first file file-emkit000001: the ledger keys files by judge and file id
+    (before: sqlite3.IntegrityError: UNIQUE constraint failed: judge_batches.file_id)."""
+    source = reference_dir / "hw0-course" / "base_model_generations.csv"
+    env = {"EMKIT_JUDGE_CACHE": str(tmp_path / "shared.sqlite")}
+    for name in ("a", "b"):
+        server = judge_server_factory()
+        out = tmp_path / f"{name}.csv"
+        result = run_emkit("judge", source, "--judge", "gpt-4o-mini", "--api-base", server.url, "--out", out,
+                           "--judge-mode", "batch", "--batch-poll", "0.05", env=env)
+        assert "200 of 200 done" in result.stderr, result.stderr[-2000:]
+        assert any(path.endswith("/files") for method, path in server.api_calls if method == "POST")
+        assert "file-emkit000001" in server.batches.files
+
+
 def _start_judging(source, server, out, cache):
     return subprocess.Popen([sys.executable, "-m", "emkit", "judge", str(source), "--judge", "gpt-4o-mini",
                              "--api-base", server.url, "--out", str(out), "--judge-mode", "batch", "--batch-poll",

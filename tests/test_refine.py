@@ -128,6 +128,9 @@ def test_without_steps_it_looks_closer_where_em_jumps(trained, tmp_path):
     low, high = int(match.group(2)), int(match.group(3))
     assert all(low < s < high for s in added)
     assert steps_of(out) == [2, 4, 8, 12, 16]  # a dry run trains nothing
+    # the saved config runs as it is: refine shows it before anything runs
+    assert f"refine runs the config saved in {out / 'config.toml'}:" in dry.stderr
+    assert re.search(r"\n  models \S+=\S+; domains [\w, -]+; seeds [\d, ]+\n", dry.stderr), dry.stderr
 
     import emkit  # the change the dry run named is one the report lists
 
@@ -178,3 +181,18 @@ def test_bad_refine_requests_are_one_sentence(trained, tmp_path, args, message):
 def test_refining_what_is_not_a_run_says_so(tmp_path):
     result = run_emkit("refine", tmp_path, check=False)
     assert result.returncode != 0 and "is not an emkit run directory" in result.stderr
+
+
+def test_refine_shows_the_shell_lines_and_remote_code_its_saved_config_runs(tmp_path):
+    from emkit.config import ExperimentConfig
+    from emkit.refine import config_lines
+
+    config = ExperimentConfig.model_validate({
+        "trust_remote_code": True, "judging": {"judges": ["gpt-4o-mini"], "fallback": ["local:/models/judge"]},
+        "execution": {"executor": "slurm", "slurm": {"setup": ["module load cuda/12.4", "source ~/env/bin/activate"]}}})
+    lines = config_lines(config, tmp_path)
+    assert lines[0] == f"refine runs the config saved in {tmp_path / 'config.toml'}:"
+    assert "judges gpt-4o-mini (fallback local:/models/judge)" in lines[2]
+    assert "  trust_remote_code = true: code shipped with these models runs here" in lines
+    assert lines[-3:] == ["  shell lines each Slurm job runs first (execution.slurm.setup):",
+                          "    module load cuda/12.4", "    source ~/env/bin/activate"]

@@ -4,6 +4,7 @@ real jobs with sbatch and stop them with scontrol and scancel."""
 
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -186,3 +187,70 @@ def test_a_job_at_its_time_limit_requeues_itself_and_resumes_from_its_saved_stat
     assert resumed and resumed[0] >= 5, log[-3000:]
     status = run_emkit("status", out, env=env).stdout
     assert re.search(r"done +tiny-medical-seed0 +job \d+ +attempt 1 +3/3 checkpoints +120/120 answers", status)
+
+
+def test_a_request_no_node_can_hold_is_refused_before_anything_is_submitted(slurm_cluster, tmp_path):
+    config = write_config(tmp_path / "grid.toml", "slurm")
+    config.write_text(config.read_text().replace("mem_gb = 2", "mem_gb = 4096"))
+    out = tmp_path / "run"
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    result = run_emkit("run", "--config", config, "--out", out, check=False)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"Error: No node of the default partition can run a job asking 1 CPUs, 4096 GB and 1 GPUs "
+                        r"\(its largest: \d+ CPUs, \d+ GB, 4 GPUs\); lower \[execution.slurm\] mem_gb \(at most \d+\), "
+                        r"or set partition to one that can.", last), last
+    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split() == before
+
+
+def test_a_job_slurm_keeps_pending_for_ever_ends_the_run_saying_which_keys_to_change(slurm_cluster, tmp_path):
+    # the short partition allows one minute; the jobs ask 20: Slurm keeps them pending (PartitionTimeLimit)
+    config = write_config(tmp_path / "grid.toml", "slurm", extra='partition = "short"\n')
+    out = tmp_path / "run"
+    started = time.monotonic()
+    result = run_emkit("run", "--config", config, "--out", out, check=False)
+    assert time.monotonic() - started < 120
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.match(r"Error: Slurm will never start job \d+ of unit \S+: time_min is above the partition's time "
+                    r"limit \(PartitionTimeLimit\); it asked 1 CPUs, 2 GB, 1 GPUs and 20 minutes of partition short: "
+                    r"change \[execution.slurm\] cpus_per_job, mem_gb, gpus_per_job, time_min, partition", last), last
+    listed = subprocess.run(["squeue", "-h", "-p", "short", "-t", "PENDING", "-o", "%i"], capture_output=True,
+                            text=True).stdout.split()
+    assert not listed  # the job that could never start was cancelled, not left in the queue
+    status = run_emkit("status", out).stdout
+    assert "waiting" in status and "PartitionTimeLimit" in status
+
+
+def test_jobs_preempted_by_a_higher_priority_partition_are_requeued_and_each_unit_is_done_once(
+        slurm_cluster, local_grid, tmp_path):
+    config = write_config(tmp_path / "grid.toml", "slurm", long_training=True)
+    out = tmp_path / "run"
+    site = make_plugin(tmp_path / "site", "emkit-slow", "emkit_slow", SLOW_TRAINER)
+    env = {"PYTHONPATH": str(site), "EMKIT_JUDGE_CACHE": str(tmp_path / "c.sqlite")}
+    process = start_run(config, out, env, "--trainer", "slow-peft")
+    urgent = None
+    try:
+        wait_for(lambda: shard_steps(out, "tiny-medical-seed0") >= {4}, 300, "training to pass step 4", process)
+        jobs = {key: row["job_id"] for key, row in units(out).items()}
+        # a job of the urgent partition asking every CPU of the node: Slurm preempts (requeues) emkit's jobs
+        cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
+        urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-c", cpus.rstrip("+"), "--mem=100",
+                                 "--wrap", "sleep 8"], capture_output=True, text=True, check=True).stdout.strip()
+        stdout, stderr = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if urgent:
+            subprocess.run(["scancel", urgent], capture_output=True)
+    assert process.returncode == 0, stderr[-3000:]
+    after = units(out)
+    assert {row["state"] for row in after.values()} == {"done"}
+    # every unit ran in the job it was first submitted as: requeued by Slurm, never submitted twice
+    for key, job_id in jobs.items():
+        if job_id:
+            assert after[key]["job_id"] == job_id and after[key]["attempts"] == 1, (key, after[key])
+    assert "submitting it again" not in stderr
+    assert "starts" in job_log(out, jobs["tiny-medical-seed0"])
+    assert job_log(out, jobs["tiny-medical-seed0"]).count("unit tiny-medical-seed0 starts") >= 2  # it was preempted
+    assert_same_results(out, local_grid)

@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from emkit.errors import EmkitError
 from emkit.execution.handles import DONE, FAILED, GONE, QUEUED, RUNNING
 from emkit.execution.shards import export_rows, merge, read_records, shard_path
 from emkit.execution.units import Unit, baseline_ready, do_unit, plan_units, unit_done
@@ -149,11 +150,17 @@ class _Dispatcher:
         finished = 0
         for key, handle in list(self.active.items()):
             unit, state = self.units[key], states[handle.job_id]
+            if state.cannot_start:  # waiting would be forever: the unit waits for a config that can run
+                del self.active[key]
+                self.store.set_unit(key, unit.kind, self.executor.name, "waiting", detail=state.detail)
+                raise EmkitError(state.detail)
             if state.state in (QUEUED, RUNNING):
-                if self.seen_state.get(key) != state.state:
-                    self.seen_state[key] = state.state
-                    self.store.set_unit(key, unit.kind, self.executor.name, state.state)
-                    log.info("unit %s: %s (job %s)", key, state.state, handle.job_id)
+                if self.seen_state.get(key) != (state.state, state.detail):
+                    if self.seen_state.get(key, ("",))[0] != state.state:
+                        self.store.set_unit(key, unit.kind, self.executor.name, state.state)
+                    self.seen_state[key] = (state.state, state.detail)
+                    log.info("unit %s: %s (job %s%s)", key, state.state, handle.job_id,
+                             f": {state.detail}" if state.detail else "")
                 continue
             del self.active[key]
             self.seen_state.pop(key, None)

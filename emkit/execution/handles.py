@@ -19,7 +19,8 @@ class JobHandle:
 @dataclass
 class JobState:
     state: str
-    detail: str = ""  # for FAILED: the error and the tail of the job's log
+    detail: str = ""  # for FAILED: the error and the tail of the job's log; for QUEUED: why it waits
+    cannot_start: bool = False  # the scheduler will never start the job as asked: the run ends, saying why
 
 
 def log_tail(path, lines: int = 15) -> str:

@@ -1,17 +1,22 @@
 """The slurm executor: one job per unit, submitted through submitit.
 
-Jobs are watched with squeue and submitit's result files, never with sacct: clusters without
-accounting are common, and there sacct fails. A job that reaches its time limit or is
-preempted saves nothing extra: it requeues itself (submitit's Checkpointable), and the unit
-resumes from its last training state and its shard. A job that vanishes without a result
-(scancel, a lost node) is submitted again, up to execution.max_attempts times. The job ids are
-in the store, so an emkit process started after this one died waits for the jobs already in
-the queue instead of submitting them twice.
+Jobs are watched with squeue and submitit's result files; sacct only as a second opinion
+before a job is declared gone (clusters without accounting are common, and there sacct fails).
+A job that reaches its time limit or is preempted saves nothing extra: it requeues itself
+(submitit's Checkpointable) or Slurm requeues it, and the unit resumes from its last training
+state and its shard. A job is declared gone (and submitted again, up to
+execution.max_attempts times) only when it has been neither queued nor running, with no
+result, at MISSES_BEFORE_GONE polls in a row, and sacct does not know it as queued or
+running: a job Slurm is requeuing (PREEMPTED, NODE_FAIL, REQUEUED) is waited for, never run
+twice. The job ids are in the store, so an emkit process started after this one died waits
+for the jobs already in the queue instead of submitting them twice.
+
+A request no node can meet is refused before submitting (sinfo), and a job Slurm keeps
+pending for a reason that never clears (PartitionConfig, ...) ends the run in one sentence.
 """
 
 from __future__ import annotations
 
-import getpass
 import logging
 import shutil
 import subprocess
@@ -22,13 +27,19 @@ from submitit.core.utils import JobPaths, pickle_load
 
 from emkit.errors import EmkitError
 from emkit.execution.handles import DONE, FAILED, GONE, QUEUED, RUNNING, JobHandle, JobState, log_tail
+from emkit.execution.slurm_queue import (QueuedJob, check_request_fits, never_starts, never_starts_message,
+                                         reason_in_words, sacct_states, squeue_jobs)
 
 log = logging.getLogger("emkit")
 
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"}
 QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "STOPPED",
                  "RESV_DEL_HOLD"}
-MISSES_BEFORE_GONE = 2  # a finished job's result file can lag behind squeue on a network filesystem
+# Interrupted: Slurm may requeue the job (PreemptMode=REQUEUE, JobRequeue=1); until the misses run out it is waited for
+INTERRUPTED_STATES = {"PREEMPTED", "NODE_FAIL"}
+# Consecutive polls with the job neither queued nor running and no result: a finished job's result
+# file can lag behind squeue on a network filesystem, and a preempted job takes a moment to requeue
+MISSES_BEFORE_GONE = 3
 
 
 class UnitJob(submitit.helpers.Checkpointable):
@@ -80,6 +91,7 @@ class SlurmExecutor:
         if shutil.which("sbatch") is None or shutil.which("squeue") is None:
             raise EmkitError('execution.executor = "slurm" needs Slurm\'s sbatch and squeue on PATH; run emkit on a '
                              'login node of the cluster, or use executor = "local".')
+        check_request_fits(settings.slurm)  # before a job waits forever for a node that does not exist
         self.settings = settings
         self.slots = settings.slurm.max_jobs
         self.folder = Path(run_path).resolve() / "jobs" / "slurm" / "%j"
@@ -108,38 +120,49 @@ class SlurmExecutor:
         paths = JobPaths(self.folder, job_id=job_id, task_id=0)
         return JobHandle(row["unit_key"], job_id, str(paths.stderr))
 
-    def _queue(self) -> dict[str, str]:
-        """job id -> Slurm state of this user's jobs squeue still knows (finished ones for MinJobAge)."""
-        listed = subprocess.run(["squeue", "-h", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T"],
-                                capture_output=True, text=True, timeout=60)
-        if listed.returncode != 0:
-            raise EmkitError(f"squeue failed ({listed.stderr.strip()[:300]}); is the Slurm controller up? The jobs "
-                             f"already submitted are not lost: run the same command again when it answers.")
-        states = {}
-        for line in listed.stdout.splitlines():
-            job_id, _, state = line.strip().partition("|")
-            states[job_id] = state.split()[0] if state else ""
-        return states
+    def _queue(self) -> dict[str, QueuedJob]:
+        """job id -> Slurm state and reason of this user's jobs squeue still knows (finished ones for MinJobAge)."""
+        jobs = squeue_jobs()
+        if jobs is None:
+            raise EmkitError("squeue failed; is the Slurm controller up? The jobs already submitted are not lost: "
+                             "run the same command again when it answers.")
+        return jobs
 
     def poll(self, handles: list[JobHandle]) -> dict[str, JobState]:
         queue = self._queue() if handles else {}
-        states = {}
+        states, missing = {}, []
         for handle in handles:
-            slurm_state = queue.get(handle.job_id)
+            listed = queue.get(handle.job_id)
+            slurm_state = listed.state if listed else ""
             result = JobPaths(self.folder, job_id=handle.job_id, task_id=0).result_pickle
             if slurm_state in QUEUED_STATES:
-                states[handle.job_id] = JobState(QUEUED, slurm_state)
+                self._misses.pop(handle.job_id, None)
+                if never_starts(listed.reason):
+                    subprocess.run(["scancel", handle.job_id], capture_output=True, timeout=60)
+                    message = never_starts_message(handle.unit_key, handle.job_id, listed.reason, self.settings.slurm)
+                    states[handle.job_id] = JobState(FAILED, message, cannot_start=True)
+                else:
+                    states[handle.job_id] = JobState(QUEUED, reason_in_words(listed.reason) or slurm_state)
             elif slurm_state in RUNNING_STATES and not result.exists():
-                states[handle.job_id] = JobState(RUNNING, slurm_state)
+                self._misses.pop(handle.job_id, None)
+                states[handle.job_id] = JobState(RUNNING, "" if slurm_state == "RUNNING" else slurm_state)
             elif result.exists():
                 states[handle.job_id] = _outcome(result, handle)
-            else:  # ended (CANCELLED, NODE_FAIL, ...) or no longer listed, with no result
+            else:  # interrupted (PREEMPTED, NODE_FAIL), ended (CANCELLED, ...) or no longer listed, with no result
                 self._misses[handle.job_id] = self._misses.get(handle.job_id, 0) + 1
-                if self._misses[handle.job_id] < MISSES_BEFORE_GONE:
-                    states[handle.job_id] = JobState(RUNNING, slurm_state or "unlisted")
-                else:
-                    states[handle.job_id] = JobState(GONE, f"{slurm_state or 'no longer in squeue'}, no result\n"
-                                                           f"{log_tail(handle.log_path)}")
+                missing.append(handle)
+                waiting = "being requeued by Slurm" if slurm_state in INTERRUPTED_STATES else "unlisted"
+                states[handle.job_id] = JobState(RUNNING, f"{slurm_state or 'not in squeue'}: {waiting}?")
+        gone = [h for h in missing if self._misses[h.job_id] >= MISSES_BEFORE_GONE]
+        accounting = sacct_states([h.job_id for h in gone])
+        for handle in gone:
+            known = accounting.get(handle.job_id, "")
+            if known in QUEUED_STATES or known in RUNNING_STATES:  # squeue lost it for a moment; sacct has not
+                continue
+            slurm_state = queue[handle.job_id].state if handle.job_id in queue else ""
+            self._misses.pop(handle.job_id, None)
+            states[handle.job_id] = JobState(GONE, f"{slurm_state or known or 'no longer in squeue'}, no result\n"
+                                                   f"{log_tail(handle.log_path)}")
         return states
 
     def stop(self, handles: list[JobHandle]) -> None:

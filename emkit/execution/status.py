@@ -8,19 +8,20 @@ be stale when no emkit process is watching.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 
 
 def _squeue_states(job_ids: list[str]) -> dict[str, str]:
+    """job id -> its Slurm state now, with the reason in words while it is pending."""
     if not job_ids or shutil.which("squeue") is None:
         return {}
-    listed = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T"], capture_output=True, text=True, timeout=60)
-    if listed.returncode != 0:
-        return {}
-    states = dict(line.strip().split("|", 1) for line in listed.stdout.splitlines() if "|" in line)
-    return {job_id: states[job_id] for job_id in job_ids if job_id in states}
+    from emkit.execution.slurm_queue import reason_in_words, squeue_jobs
+
+    jobs = squeue_jobs(user="") or {}
+    return {job_id: jobs[job_id].state + (f": {reason_in_words(jobs[job_id].reason)}"
+                                          if jobs[job_id].state == "PENDING" and jobs[job_id].reason else "")
+            for job_id in job_ids if job_id in jobs}
 
 
 def _process_alive(job_id: str) -> bool:

@@ -61,7 +61,8 @@ class BatchLedger:
         for row in self.conn.execute("SELECT * FROM judge_batches WHERE judge_identity = ? AND collected = 0 "
                                      "ORDER BY created_at", (identity,)):
             requests = {r["request_key"]: r["metric"] for r in self.conn.execute(
-                "SELECT request_key, metric FROM judge_batch_requests WHERE file_id = ?", (row["file_id"],))}
+                "SELECT request_key, metric FROM judge_batch_requests WHERE judge_identity = ? AND file_id = ?",
+                (identity, row["file_id"]))}
             if wanted & requests.keys():
                 found.append({**dict(row), "keys": requests})
         return found
@@ -73,24 +74,24 @@ class BatchLedger:
         try:
             self.conn.execute("INSERT INTO judge_batches VALUES (?, NULL, ?, 'uploaded', ?, ?, ?, ?, ?, 0)",
                               (file_id, identity, len(requests), tokens, attempt, now(), now()))
-            self.conn.executemany("INSERT OR IGNORE INTO judge_batch_requests VALUES (?, ?, ?)",
-                                  [(file_id, r.key, r.metric) for r in requests])
+            self.conn.executemany("INSERT OR IGNORE INTO judge_batch_requests VALUES (?, ?, ?, ?)",
+                                  [(identity, file_id, r.key, r.metric) for r in requests])
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
 
-    def set_batch(self, file_id: str, batch_id: str | None, status: str) -> None:
+    def set_batch(self, identity: str, file_id: str, batch_id: str | None, status: str) -> None:
         from emkit.store import now
 
-        self.conn.execute("UPDATE judge_batches SET batch_id = ?, status = ?, updated_at = ? WHERE file_id = ?",
-                          (batch_id, status, now(), file_id))
+        self.conn.execute("UPDATE judge_batches SET batch_id = ?, status = ?, updated_at = ? "
+                          "WHERE judge_identity = ? AND file_id = ?", (batch_id, status, now(), identity, file_id))
 
-    def collected(self, file_id: str, status: str) -> None:
+    def collected(self, identity: str, file_id: str, status: str) -> None:
         from emkit.store import now
 
-        self.conn.execute("UPDATE judge_batches SET collected = 1, status = ?, updated_at = ? WHERE file_id = ?",
-                          (status, now(), file_id))
+        self.conn.execute("UPDATE judge_batches SET collected = 1, status = ?, updated_at = ? "
+                          "WHERE judge_identity = ? AND file_id = ?", (status, now(), identity, file_id))
 
     def close(self) -> None:
         self.conn.close()
@@ -188,7 +189,7 @@ class BatchRun:
                              f"{counts[1]:,}")
                 if batch.status in FINAL:
                     again, full = await self._collect(batch, info, mine, on_result, bar, delivered)
-                    self.ledger.collected(batch.file_id, batch.status)
+                    self.ledger.collected(self.identity, batch.file_id, batch.status)
                     if full:  # refused for the enqueued-token limit: the same requests wait for room
                         waiting.extend(self._after_token_refusal(batch, again, on_result, bar, delivered))
                     elif again:
@@ -295,7 +296,7 @@ class BatchRun:
         # "submitted" rather than the status it came with: even a batch found already finished is
         # asked about at the next look, and collected from there
         batch.batch_id, batch.status = info["id"], "submitted"
-        self.ledger.set_batch(batch.file_id, batch.batch_id, batch.status)
+        self.ledger.set_batch(self.identity, batch.file_id, batch.batch_id, batch.status)
 
     def _after_token_refusal(self, batch: _Batch, again, on_result, bar, delivered):
         """With other batches in flight, the refused one waits for room. Alone, it can never fit: the

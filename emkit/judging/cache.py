@@ -44,6 +44,29 @@ CACHE_MIGRATIONS = [
             judge_identity TEXT PRIMARY KEY, rpm REAL, tpm REAL, seen_at TEXT NOT NULL)
         """,
     ),
+    (
+        3,
+        # A file id is unique at one provider only: two servers that both number their files from 1
+        # share the cache. Batches are keyed by the judge (its model and API base) and the file id.
+        """
+        CREATE TABLE judge_batches_by_judge (
+            file_id TEXT NOT NULL, batch_id TEXT, judge_identity TEXT NOT NULL, status TEXT NOT NULL,
+            requests INTEGER NOT NULL, tokens INTEGER NOT NULL, attempt INTEGER NOT NULL,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL, collected INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (judge_identity, file_id));
+        INSERT INTO judge_batches_by_judge SELECT * FROM judge_batches;
+        CREATE TABLE judge_batch_requests_by_judge (
+            judge_identity TEXT NOT NULL, file_id TEXT NOT NULL, request_key TEXT NOT NULL, metric TEXT NOT NULL,
+            PRIMARY KEY (judge_identity, file_id, request_key));
+        INSERT INTO judge_batch_requests_by_judge SELECT b.judge_identity, r.file_id, r.request_key, r.metric
+            FROM judge_batch_requests r JOIN judge_batches b ON b.file_id = r.file_id;
+        DROP TABLE judge_batch_requests;
+        DROP TABLE judge_batches;
+        ALTER TABLE judge_batches_by_judge RENAME TO judge_batches;
+        ALTER TABLE judge_batch_requests_by_judge RENAME TO judge_batch_requests;
+        CREATE INDEX judge_batch_requests_key ON judge_batch_requests(request_key)
+        """,
+    ),
 ]
 
 
