@@ -236,6 +236,7 @@ def test_jobs_preempted_by_a_higher_priority_partition_are_requeued_and_each_uni
         # a job of the urgent partition asking every CPU of the node: Slurm preempts (requeues) emkit's jobs
         cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
         urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-c", cpus.rstrip("+"), "--mem=100",
+                                 "-o", str(tmp_path / "urgent.out"),
                                  "--wrap", "sleep 8"], capture_output=True, text=True, check=True).stdout.strip()
         stdout, stderr = process.communicate(timeout=600)
     finally:
