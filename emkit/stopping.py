@@ -27,13 +27,8 @@ def request_stop() -> None:
     _process.set()
 
 
-def reset() -> None:
-    _process.clear()
-
-
 def stopped() -> bool:
-    event = getattr(_thread, "event", None)
-    return _process.is_set() or (event is not None and event.is_set())
+    return checker()()
 
 
 def checker():
