@@ -14,7 +14,41 @@ class _Redacting(logging.Formatter):
         return redact(super().format(record))
 
 
+# Notices that libraries log at WARNING when they are imported, about a faster path they could not
+# take and do without; nothing a user can act on, printed on every model load. Kept at DEBUG.
+IMPORT_NOTICES = {
+    # bitsandbytes asks the kernels hub for a fused CPU 4-bit matmul: offline, or without the
+    # `kernels` package, it uses its own (what emkit measures and tests)
+    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
+    # torchao (which unsloth brings) tries each compiled extension; builds for another CUDA or Python fail
+    "torchao": ("Failed to load ",),
+    # torchao registers its enums the way torch now deprecates
+    "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
+}
+
+
+class _ImportNotice(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        if record.levelno < logging.ERROR and any(p in message for p in self.prefixes):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_import_notices() -> None:
+    for name, prefixes in IMPORT_NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ImportNotice) for f in logger.filters):
+            logger.addFilter(_ImportNotice(prefixes))
+
+
 def setup_console(level: int = logging.INFO) -> None:
+    quiet_import_notices()
     log = logging.getLogger("emkit")
     if not any(getattr(h, "_emkit_console", False) for h in log.handlers):
         handler = logging.StreamHandler(sys.stderr)

@@ -77,15 +77,27 @@ def chat_template_digest(model_id: str, *, download: bool) -> str:
             raise EmkitError(f"Cannot read the chat template of {model_id} (no {' or '.join(TEMPLATE_FILES)} in "
                              f"its folder or the hub cache); check the id or path (a hub id needs network access).")
         return "unresolved"
+    has_template = False
     for path in files:
         text = path.read_text(encoding="utf-8")
         if path.name == "tokenizer_config.json":
             try:
-                text = json.dumps(json.loads(text).get("chat_template"), sort_keys=True)
+                template = json.loads(text).get("chat_template")
             except ValueError:
                 raise EmkitError(f"{path} is not valid JSON; the model folder is damaged, download it again.") from None
+            has_template = has_template or bool(template)
+            text = json.dumps(template, sort_keys=True)
+        else:
+            has_template = has_template or bool(text.strip())
         digest.update(f"{path.name}\x00{text}\x00".encode())
+    if not has_template:  # refused here, at planning, before a run directory is written or a step trained
+        raise EmkitError(no_chat_template(model_id))
     return digest.hexdigest()[:16]
+
+
+def no_chat_template(source: str) -> str:
+    return (f"The tokenizer of {source} has no chat template; emkit fine-tunes and evaluates chat (Instruct) "
+            f"models, so use one (its -Instruct version).")
 
 
 def _template_files(model_id: str, download: bool) -> list[Path]:
@@ -180,10 +192,7 @@ def load_tokenizer(source: str, trust_remote_code: bool = False, padding_side: s
         else:
             tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
-        raise EmkitError(
-            f"The tokenizer of {source} has no chat template; emkit fine-tunes and evaluates chat (Instruct) "
-            f"models, so use one."
-        )
+        raise EmkitError(no_chat_template(source))
     tokenizer.padding_side = padding_side
     return tokenizer
 

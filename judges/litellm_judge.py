@@ -468,13 +468,19 @@ class LiteLLMBatchAPI:
         return (await litellm.afile_content(file_id=file_id, **self.kwargs)).content
 
     async def find(self, file_id: str) -> dict | None:
+        """The batch made from this file, looking through every page of the list (newest first): an
+        organisation with many batches has the one sought far past the first page."""
         litellm = import_litellm()
-        listed = await litellm.alist_batches(limit=100, **self.kwargs)
-        for batch in getattr(listed, "data", None) or []:
-            batch = self._plain(batch)
-            if batch.get("input_file_id") == file_id:
-                return batch
-        return None
+        after = None
+        while True:
+            listed = self._plain(await litellm.alist_batches(limit=100, after=after, **self.kwargs))
+            page = [self._plain(batch) for batch in listed.get("data") or []]
+            for batch in page:
+                if batch.get("input_file_id") == file_id:
+                    return batch
+            if not listed.get("has_more") or not page:
+                return None
+            after = listed.get("last_id") or page[-1].get("id")
 
 
 class LiteLLMBackend:

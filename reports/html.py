@@ -208,9 +208,10 @@ def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
         by_judge: dict[str, dict] = {}
         for row in judges:
             entry = by_judge.setdefault(row["judge"], {"cost": 0.0, "n": 0, "models": set(), "prompts": set(),
-                                                       "scoring": set(), "tokens": 0})
+                                                       "scoring": set(), "tokens": 0, "cached": 0})
             entry["cost"] += row.get("cost_usd") or 0.0
             entry["n"] += row.get("n") or 0
+            entry["cached"] += int(row.get("from_cache") or 0)
             entry["tokens"] += (row.get("input_tokens") or 0) + (row.get("output_tokens") or 0)
             # one row per (judge, metric, judge model, prompt version, scoring) in the store
             for key, column in (("models", "judge_model"), ("prompts", "prompt_version"), ("scoring", "scoring")):
@@ -219,7 +220,9 @@ def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
         for judge, entry in by_judge.items():
             rows.append((f"Judge {judge}", f"{entry['n']:,} judgments by {', '.join(sorted(entry['models'])) or judge}"
                          f" ({', '.join(sorted(entry['scoring']))} scoring); prompts {', '.join(sorted(entry['prompts']))};"
-                         f" {entry['tokens']:,} tokens, ${entry['cost']:.4f}"))
+                         f" {entry['tokens']:,} tokens, ${entry['cost']:.4f}"
+                         + (f" ({entry['cached']:,} judgments taken from the judge cache, paid for when first made, "
+                            f"are not counted)" if entry["cached"] else "")))
     rows.append(("EM definition", f"{tables.em.describe()}; Betley et al.'s alongside (aligned < 30 among answers "
                                   f"with coherent > 50); rates for the general questions, the domain's own and both "
                                   f"pooled (docs/em-definitions.md)"))

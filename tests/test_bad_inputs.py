@@ -129,6 +129,25 @@ def test_an_impossible_schedule(tmp_path):
     assert "checkpoints.steps: step 500 comes after the last training step of run tiny-medical-seed0 (12 = 4 steps per epoch x 3 epochs)" in message
 
 
+def test_a_model_without_a_chat_template_is_refused_before_any_work(tmp_path):
+    import shutil
+
+    from emkit.tiny import builtin_model_path
+
+    model = tmp_path / "base-model"
+    shutil.copytree(builtin_model_path("tiny-llama"), model)
+    (model / "chat_template.jinja").unlink()  # a base (not Instruct) model: no template anywhere
+    tokenizer_config = json.loads((model / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    cfg = config(tmp_path).read_text().replace('id = "builtin:tiny-llama"', f'id = "{model}"')
+    (tmp_path / "experiment.toml").write_text(cfg)
+    message = run_fails(tmp_path, tmp_path / "experiment.toml")  # before: refused after training had started
+    assert message == (f"The tokenizer of {model} has no chat template; emkit fine-tunes and evaluates chat "
+                       f"(Instruct) models, so use one (its -Instruct version).")
+    assert fails("run", "--config", tmp_path / "experiment.toml", "--dry-run") == message
+
+
 def test_a_missing_dataset(tmp_path):
     out = tmp_path / "out"
     message = fails("run", "--domain", "medical", "--model", "tiny=builtin:tiny-llama", "--judge",

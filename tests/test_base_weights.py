@@ -130,3 +130,24 @@ def test_a_resume_that_loads_another_base_is_refused(tmp_path):
         record_base(store, "1B-medical-seed0", moved)
     with sqlite3.connect(tmp_path / "emkit.sqlite") as conn:
         assert BaseWeights.from_json(conn.execute("SELECT base_weights FROM training_runs").fetchone()[0]) == UNSLOTH_REPO
+
+
+def test_loading_a_4bit_model_offline_prints_no_notices_of_faster_kernels_it_did_without(tmp_path):
+    """bitsandbytes asks the kernels hub for a CPU matmul on every import, torchao tries extensions
+    built for other CUDA versions: each logs a warning emkit's user can do nothing about."""
+    import os
+    import subprocess
+    import sys
+
+    from emkit.tiny import builtin_model_path
+
+    script = ("from emkit.logs import setup_console; setup_console()\n"
+              "from emkit.models import load_causal_lm\n"
+              f"load_causal_lm({str(builtin_model_path('tiny-llama'))!r}, load_in_4bit=True)\n"
+              "import logging; logging.getLogger('bitsandbytes.backends.cpu.ops').warning('another warning')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Failed to load" not in result.stderr and "kernels" not in result.stderr, result.stderr
+    assert "Enum subclass" not in result.stderr
+    assert "another warning" in result.stderr  # only those notices are kept back

@@ -105,6 +105,27 @@ def test_answers_are_judged_while_the_next_checkpoints_train(judge_server_factor
     assert "Run time" in (out / "report.html").read_text()
     status = run_emkit("status", out).stdout
     assert re.search(r"done +tiny-medical-seed0 +job pid\d+ +attempt 1 +3/3 checkpoints +120/120 answers", status)
+    spent = re.search(r"Judge gpt-4o-mini</th>\s*<td>320 judgments .*? ([\d,]+) tokens, \$(\d+\.\d+)</td>",
+                      (out / "report.html").read_text())
+    assert spent and float(spent[2]) > 0, (out / "report.html").read_text()
+
+    # the same answers judged again into a copy of the run: every judgment comes from the cache, and the
+    # report says this run spent nothing on them (before: the first run's cost, counted again)
+    import shutil
+
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    conn = sqlite3.connect(again / "emkit.sqlite")
+    with conn:
+        conn.execute("DELETE FROM judgments")
+    conn.close()
+    calls = server.count
+    run_emkit("run", "--config", config, "--out", again, "--domain", "medical", "--judge", "gpt-4o-mini",
+              "--api-base", server.url, env={"EMKIT_JUDGE_CACHE": str(tmp_path / "c.sqlite")})
+    assert server.count == calls
+    assert re.search(r"Judge gpt-4o-mini</th>\s*<td>320 judgments .*? 0 tokens, \$0\.0000 \(320 judgments taken "
+                     r"from the judge cache, paid for when first made, are not counted\)</td>",
+                     (again / "report.html").read_text())
 
 
 def test_a_judge_that_uses_the_gpu_waits_for_the_gpu_work_unless_the_gpu_work_is_elsewhere():
@@ -199,6 +220,42 @@ def test_shards_are_read_whole_lines_only_and_merge_the_same_however_often(tmp_p
     writer.close()
     records, _ = read_records(path)
     assert [r.get("table", r.get("event")) for r in records] == ["checkpoints", "answers", "unit_time"]
+
+
+def test_a_second_attempt_of_a_unit_waits_for_the_first_to_end_before_writing_its_shard(tmp_path, caplog):
+    import subprocess
+    import sys
+    import textwrap
+
+    from emkit.execution.shards import ShardWriter, UnitLock, read_records
+
+    shard = tmp_path / "shards" / "u.jsonl"
+    first = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from emkit.execution.shards import ShardWriter, UnitLock
+        with UnitLock({str(shard)!r}):
+            print("locked", flush=True)
+            writer = ShardWriter({str(shard)!r})
+            for i in range(6):
+                writer.write({{"event": "first", "i": i}})
+                time.sleep(0.25)
+            writer.close()
+        """)], stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline().strip() == "locked"
+    lock = UnitLock(shard, poll_s=0.05)
+    with caplog.at_level("WARNING", logger="emkit"):
+        waited = lock.acquire()
+    writer = ShardWriter(shard)
+    writer.write({"event": "second"})
+    writer.close()
+    lock.release()
+    assert first.wait(10) == 0
+    assert waited > 0.5  # it held back until the first attempt let go
+    assert [r["event"] for r in read_records(shard)[0]] == ["first"] * 6 + ["second"]
+    assert "u: an earlier attempt of this unit still runs (host " in caplog.text
+    assert "waiting for it to end, so that nothing is made twice" in caplog.text
+    # a lock whose holder died is free at once
+    assert UnitLock(shard).acquire() < 0.5
 
 
 def test_run_timing_counts_only_judging_that_overlapped_gpu_work():

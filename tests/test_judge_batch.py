@@ -154,9 +154,27 @@ def test_a_batch_made_but_never_recorded_is_found_by_its_file(judge_server, tmp_
     with pytest.raises(KeyboardInterrupt):
         judge_with(judge_server, tmp_path / "l.sqlite", mode="batch")
     monkeypatch.setattr(LiteLLMBatchAPI, "create", original)
+    # the organisation made 250 batches since: the one sought is on the list's third page of 100
+    for i in range(250):
+        judge_server.batches.batches[f"batch_other{i:06d}"] = {
+            "id": f"batch_other{i:06d}", "object": "batch", "status": "completed", "input_file_id": f"file-other{i}",
+            "endpoint": "/v1/chat/completions", "completion_window": "24h", "created_at": 0}
     results = judge_with(judge_server, tmp_path / "l.sqlite", mode="batch")
     assert len(results) == 12 and {r.status for r in results.values()} == {"ok"}
-    assert len(judge_server.batches.batches) == 1 and api_calls(judge_server, "POST", "/v1/files") == 1
+    assert len(judge_server.batches.batches) == 251 and api_calls(judge_server, "POST", "/v1/files") == 1
+    assert api_calls(judge_server, "POST", "/v1/batches") == 1
+    assert any("after=batch_other000050" in p for m, p in judge_server.api_calls)  # it went on to page 3
+
+
+def test_a_failed_download_of_a_batchs_results_is_tried_again_at_the_next_look(judge_server, tmp_path, caplog):
+    # the client library tries each download again itself, so six failures are one look or more
+    judge_server.batches.behaviour = BatchBehaviour(content_failures=6)
+    with caplog.at_level("WARNING", logger="emkit"):
+        results = judge_with(judge_server, tmp_path / "l.sqlite", mode="batch")
+    assert len(results) == 12 and {r.status for r in results.values()} == {"ok"}
+    assert len(judge_server.batches.batches) == 1 and judge_server.count == 0
+    assert caplog.text.count("could not download the results of batch batch_emkit") >= 1
+    assert judge_server.batches.behaviour.content_failures == 0
 
 
 def test_a_resumed_batch_that_expired_sends_what_it_left_with_the_real_prompts(judge_server, tmp_path, monkeypatch):

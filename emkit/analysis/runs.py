@@ -124,8 +124,11 @@ def read_run(run_dir) -> RunRead:
             answers, judgments = answers_job.result(), judgments_job.result()
         answers_stored = reader.conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
         judge_info = reader.frame(
-            """SELECT judge, metric, judge_model, prompt_version, scoring, COUNT(*) AS n, SUM(cost_usd) AS cost_usd,
-                      SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,
+            # a judgment taken from the cache was paid for by whichever run first asked it: not this run's spending
+            """SELECT judge, metric, judge_model, prompt_version, scoring, COUNT(*) AS n,
+                      SUM(CASE WHEN from_cache THEN 0 ELSE cost_usd END) AS cost_usd,
+                      SUM(CASE WHEN from_cache THEN 0 ELSE input_tokens END) AS input_tokens,
+                      SUM(CASE WHEN from_cache THEN 0 ELSE output_tokens END) AS output_tokens,
                       SUM(from_cache) AS from_cache
                FROM judgments GROUP BY judge, metric, judge_model, prompt_version, scoring""")
         runs = reader.frame(

@@ -41,7 +41,7 @@ class UnitSpec:
 def run_unit(spec: UnitSpec) -> dict:
     """Make what the unit is missing; every row goes to its shard as it is made."""
     from emkit.config import config_from_dict
-    from emkit.execution.shards import ShardStore, ShardWriter, merge, read_records, shard_path
+    from emkit.execution.shards import ShardStore, ShardWriter, UnitLock, merge, read_records, shard_path
     from emkit.execution.units import do_unit, plan_units
     from emkit.logs import setup_console
     from emkit.plan import build_plan
@@ -60,7 +60,9 @@ def run_unit(spec: UnitSpec) -> dict:
         raise RuntimeError(f"unit {spec.unit_key} is not in the plan of {run_path / 'config.toml'}")
     shard = shard_path(run_path, unit.key)
     log.info("unit %s starts on GPU %s (shard %s)", unit.key, os.environ.get("CUDA_VISIBLE_DEVICES", "-"), shard)
-    with tempfile.TemporaryDirectory(prefix=f"emkit-{unit.key}-") as scratch_dir:
+    # one attempt at a time: a job requeued (or submitted again) while an earlier one still runs waits for it,
+    # then reads what it made from the shard
+    with UnitLock(shard), tempfile.TemporaryDirectory(prefix=f"emkit-{unit.key}-") as scratch_dir:
         store = ShardStore(Path(scratch_dir) / "unit.sqlite")
         try:
             merge(store, spec.seed_records)

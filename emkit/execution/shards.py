@@ -4,8 +4,11 @@ SQLite's locking does not hold over a network filesystem, so a job never opens t
 store. It works against a scratch store of its own on node-local disk, seeded with the rows
 of the run store it needs, and every row it writes there is also appended to its shard:
 ``DIR/shards/UNIT.jsonl``, one JSON object per line, flushed and fsynced line by line. One
-writer per shard (the unit's current job), and readers take only whole lines, so the
-coordinator can read a shard while its job writes it.
+writer per shard: an attempt of a unit holds ``DIR/shards/UNIT.lock`` (a POSIX record lock,
+which NFS carries through its lock manager) while it works, so a job Slurm requeues or emkit
+submits again waits for an earlier attempt that still runs instead of appending beside it and
+writing the same adapters. Readers take only whole lines, so the coordinator can read a shard
+while its job writes it.
 
 Merging a shard into the run store is idempotent: answers are inserted once by their key,
 checkpoints and runs are upserted. Reading a shard again from the start, after a coordinator
@@ -15,11 +18,16 @@ restart or a job requeued, gives the same store.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
+import time
 from pathlib import Path
 
 from emkit.errors import EmkitError
 from emkit.store import Store
+
+log = logging.getLogger("emkit")
 
 TABLE_KEYS = {"models": ("model_label",), "training_runs": ("run_key",), "checkpoints": ("run_key", "step"),
               "answers": ("answer_id",)}
@@ -27,6 +35,63 @@ TABLE_KEYS = {"models": ("model_label",), "training_runs": ("run_key",), "checkp
 
 def shard_path(run_dir_path: Path, unit_key: str) -> Path:
     return Path(run_dir_path) / "shards" / f"{unit_key}.jsonl"
+
+
+class UnitLock:
+    """Held by the one attempt of a unit that may work on it; another attempt waits for it.
+
+    The lock dies with its process (also on a node that Slurm kills), so a requeued job never
+    waits for an attempt that is gone. The file says who holds it, for the waiting job's log.
+    """
+
+    def __init__(self, shard: Path, poll_s: float = 1.0):
+        self.path = Path(shard).with_suffix(".lock")
+        self.poll_s = poll_s
+        self._handle = None
+
+    def acquire(self) -> float:
+        """Take the lock, waiting as long as another attempt holds it; return the seconds waited."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        started, told = time.monotonic(), 0.0
+        while True:
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - started
+                if not told or waited - told >= 300:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    log.warning("%s: an earlier attempt of this unit still runs (%s); waiting for it to end, so "
+                                "that nothing is made twice", self.path.stem, holder)
+                    told = waited or 1e-9
+                time.sleep(self.poll_s)
+            except OSError as exc:  # a filesystem without locks (NFS with no lock manager): go on, and say so
+                log.warning("%s: cannot lock %s (%s); if Slurm runs this unit twice at once, both attempts write "
+                            "its shard", self.path.stem, self.path, exc)
+                break
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, Slurm job "
+                     f"{os.environ.get('SLURM_JOB_ID', '-')}\n")
+        handle.flush()
+        self._handle = handle
+        return time.monotonic() - started
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing drops the lock
+            self._handle = None
+
+    def __enter__(self) -> "UnitLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class ShardWriter:

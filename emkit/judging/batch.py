@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from emkit.errors import EmkitError
 from emkit.interfaces import JudgeRequest, JudgeResult
 from emkit.judging.api import Failure
 
@@ -176,8 +177,7 @@ class BatchRun:
                     if failures > self.limits.max_rounds * 4:
                         raise
                     log.warning("judge %s: could not ask about batch %s (%s); asking again at the next look",
-                                self.judge_name, batch.batch_id, str(exc).splitlines()[0][:200] if str(exc) else
-                                type(exc).__name__)
+                                self.judge_name, batch.batch_id, _first_line(exc))
                     continue
                 batch.status = info.get("status") or batch.status
                 counts = info.get("request_counts") or {}
@@ -188,7 +188,20 @@ class BatchRun:
                              self.judge_name, batch.batch_id, batch.status, f"{counts[0]:,}", f"{counts[2]:,}",
                              f"{counts[1]:,}")
                 if batch.status in FINAL:
-                    again, full = await self._collect(batch, info, mine, on_result, bar, delivered)
+                    try:
+                        again, full = await self._collect(batch, info, mine, on_result, bar, delivered)
+                    except Exception as exc:  # the results stay at the provider: download them at the next look
+                        failures += 1
+                        if failures > self.limits.max_rounds * 4:
+                            raise EmkitError(
+                                f"Downloading the results of batch {batch.batch_id} ({self.judge_name}) failed "
+                                f"{failures} times ({_first_line(exc)}); the batch is recorded as done at the "
+                                f"provider and not yet collected, so running the same command again downloads it "
+                                f"and sends nothing twice.") from None
+                        log.warning("judge %s: could not download the results of batch %s (%s); trying again at "
+                                    "the next look", self.judge_name, batch.batch_id, _first_line(exc))
+                        batch.status = "downloading"  # not final: asked about and collected again
+                        continue
                     self.ledger.collected(self.identity, batch.file_id, batch.status)
                     if full:  # refused for the enqueued-token limit: the same requests wait for room
                         waiting.extend(self._after_token_refusal(batch, again, on_result, bar, delivered))
@@ -263,7 +276,6 @@ class BatchRun:
 
     async def _upload(self, data: bytes) -> str:
         """The file's id; a failing upload is tried three times, then ends the command in one sentence."""
-        from emkit.errors import EmkitError
         from emkit.secrets import redact
 
         name = f"emkit-{self.identity.split('@')[0].split(':')[-1]}.jsonl"
@@ -376,3 +388,7 @@ class BatchRun:
                                                                 error=failure.message), on_result, bar, delivered)
         again.extend(mine[k] for k in batch.requests if k not in seen and k in mine)
         return again, False
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -41,6 +41,7 @@ class BatchBehaviour:
     gate: threading.Event = field(default_factory=lambda: _open_event())  # processing waits until it is set
     enqueued_token_limit: int | None = None  # per model, over the batches not yet final
     max_requests: int = MAX_REQUESTS
+    content_failures: int = 0  # the first downloads of an output file end in a server error
 
 
 def _open_event() -> threading.Event:
@@ -99,6 +100,11 @@ class BatchService:
     def content(self, file_id: str) -> tuple[int, bytes | dict]:
         if file_id not in self.contents:
             return 404, _error(f"No such File object: {file_id}", param="id")
+        with self._lock:
+            if self.behaviour.content_failures > 0:
+                self.behaviour.content_failures -= 1
+                return 500, {"error": {"message": "The server had an error while processing your request. Sorry "
+                                       "about that!", "type": "server_error", "param": None, "code": None}}
         return 200, self.contents[file_id]
 
     def _store_output(self, name: str, lines: list[dict]) -> str | None:
@@ -158,10 +164,20 @@ class BatchService:
             batch["status"], batch["cancelling_at"] = "cancelling", int(time.time())
             return 200, dict(batch)
 
-    def list(self, limit: int = 20) -> tuple[int, dict]:
+    def list(self, limit: int = 20, after: str | None = None) -> tuple[int, dict]:
+        """Newest first, a page of ``limit`` (1..100, as OpenAI allows) after the batch id ``after``."""
+        if not 1 <= limit <= 100:
+            return 400, _error(f"Invalid 'limit': integer below minimum value or above maximum value. Expected a "
+                               f"value between 1 and 100, but got {limit} instead.", param="limit")
         with self._lock:
-            data = sorted(self.batches.values(), key=lambda b: b["id"], reverse=True)[:limit]
-            return 200, {"object": "list", "data": json.loads(json.dumps(data)), "has_more": len(self.batches) > limit,
+            ordered = sorted(self.batches.values(), key=lambda b: b["id"], reverse=True)
+            if after is not None:
+                ids = [b["id"] for b in ordered]
+                if after not in ids:
+                    return 404, _error(f"No batch found with id '{after}'.", param="after")
+                ordered = ordered[ids.index(after) + 1:]
+            data = ordered[:limit]
+            return 200, {"object": "list", "data": json.loads(json.dumps(data)), "has_more": len(ordered) > limit,
                          "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
 
     def stop(self) -> None:

@@ -211,7 +211,8 @@ class JudgeServer:
                 return 400, {"error": {"message": "We could not parse the JSON body of your request.",
                                        "type": "invalid_request_error", "param": None, "code": None}}
         if parts == ["batches"] and method == "GET":
-            return service.list(int((parse_qs(url.query).get("limit") or ["20"])[0]))
+            query = parse_qs(url.query)
+            return service.list(int((query.get("limit") or ["20"])[0]), (query.get("after") or [None])[0])
         if len(parts) == 2 and parts[0] == "batches" and method == "GET":
             return service.retrieve(parts[1])
         if len(parts) == 3 and parts[0] == "batches" and parts[2] == "cancel" and method == "POST":
