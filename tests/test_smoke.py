@@ -112,3 +112,15 @@ def test_the_runs_final_updates_are_compared_in_the_report(smoke_run):
     assert pair["cosine"] == pytest.approx(expected, abs=1e-9)
     report = (out / "report.html").read_text()
     assert "Do runs learn the same update?" in report and "other domain, same seed" in report
+
+
+def test_the_tiny_presets_results_are_what_they_were_before_the_code_moved(smoke_run):
+    """Refactorings (issue 27) move code, not results: the store, the report (times and paths aside) and
+    the exports equal the fingerprint recorded before; on another machine, their structure does."""
+    import json
+
+    from fingerprint import REFERENCE, compare
+
+    out, _ = smoke_run
+    differences = compare(out, json.loads(REFERENCE.read_text()))
+    assert not differences, "\n".join(differences)
