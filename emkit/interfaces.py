@@ -182,6 +182,61 @@ class JudgeBackend(Protocol):
     def create(self, argument: str, options: JudgeOptions) -> Judge: ...
 
 
+# --- executors --------------------------------------------------------------------------
+# Where a run's GPU work runs (emkit.execution): units handed out and watched. A unit that runs
+# outside the emkit process is `python -m emkit.execution.job SPEC RESULT` (or
+# emkit.execution.job.run_unit): it appends its rows to its shard, which the coordinator merges.
+
+
+@runtime_checkable
+class Executor(Protocol):
+    name: str  # as stored in the units table: the backend's name
+    in_process: bool  # True: units run one after another in this process, into the store (no jobs)
+    # the units use this machine's GPU: a judge that uses the GPU (Judge.uses_gpu) waits for them
+    gpu_work_here: bool
+    slots: int  # units at once
+
+    def describe(self) -> list[str]:
+        """Lines for the log: where the units run."""
+
+    # the rest only where in_process is False (emkit.execution.handles: JobHandle, JobState)
+    def submit(self, unit_key: str, spec_json: str, attempt: int) -> Any:
+        """Start the unit's job (spec_json: an emkit.execution.job.UnitSpec); return its JobHandle."""
+
+    def reattach(self, row: dict) -> Any:
+        """The JobHandle of a job an earlier emkit process submitted (a units-table row), if it may
+        still run or has left its result; None: submit the unit again."""
+
+    def poll(self, handles: list) -> dict:
+        """job id -> JobState now, for each handle."""
+
+    def stop(self, handles: list) -> None:
+        """Ctrl-C or an error: stop the jobs, or leave them running, as the executor's design says."""
+
+    def stop_message(self, count: int) -> str:
+        """What happened to ``count`` jobs on stop, for the log."""
+
+
+@runtime_checkable
+class ExecutorBackend(Protocol):
+    name: str  # what [execution] executor (--executor) selects
+    description: str
+
+    def create(self, settings: Any, run_path: Path) -> Executor:
+        """An executor for one run (settings: emkit.config.ExecutionSettings); refuse, with an EmkitError
+        naming the key to change, what cannot work here (no GPU, no scheduler, a request no node holds)."""
+
+    def plan(self, settings: Any, out_dir: Path) -> dict:
+        """For `emkit run --dry-run`: {"how": a phrase, "details": lines to show, and any JSON-able facts}."""
+
+    def jobs_now(self, rows: list[dict]) -> dict[str, str | None]:
+        """For `emkit status`: job id -> its state now in words ("" if nothing to add), or None if the job
+        no longer runs; a job left out is not known either way. ``rows``: the units table's, of this executor."""
+
+    def setup_lines(self, settings: Any) -> list[str]:
+        """Commands each job runs before emkit (shown by `emkit refine` before it runs them); [] if none."""
+
+
 # --- domains, questions, report -------------------------------------------------------
 
 

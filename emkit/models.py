@@ -71,7 +71,7 @@ def chat_template_digest(model_id: str, *, download: bool) -> str:
             from emkit.smollm2 import GGUF_SHA256 as template
         digest.update(f"{model_id}:v{tiny.builtin_version(name)}:{template}".encode())
         return digest.hexdigest()[:16]
-    files = _template_files(model_id, download)
+    files, known = _template_files(model_id, download)
     if not files:
         if download:
             raise EmkitError(f"Cannot read the chat template of {model_id} (no {' or '.join(TEMPLATE_FILES)} in "
@@ -90,7 +90,7 @@ def chat_template_digest(model_id: str, *, download: bool) -> str:
         else:
             has_template = has_template or bool(text.strip())
         digest.update(f"{path.name}\x00{text}\x00".encode())
-    if not has_template:  # refused here, at planning, before a run directory is written or a step trained
+    if not has_template and known:  # refused at planning, before a run directory is written or a step trained
         raise EmkitError(no_chat_template(model_id))
     return digest.hexdigest()[:16]
 
@@ -100,25 +100,30 @@ def no_chat_template(source: str) -> str:
             f"models, so use one (its -Instruct version).")
 
 
-def _template_files(model_id: str, download: bool) -> list[Path]:
+def _template_files(model_id: str, download: bool) -> tuple[list[Path], bool]:
+    """The template files there are, and whether every one was looked for where it would be (a local
+    folder, or the hub asked for those the cache lacks): only then is no template a fact."""
     folder = Path(model_id).expanduser()
     if folder.is_dir():
-        return [folder / name for name in TEMPLATE_FILES if (folder / name).is_file()]
+        return [folder / name for name in TEMPLATE_FILES if (folder / name).is_file()], True
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.file_download import _CACHED_NO_EXIST
 
-    found = []
+    found, known = [], True
     for name in TEMPLATE_FILES:
         cached = try_to_load_from_cache(model_id, name)
         if isinstance(cached, str):
             found.append(Path(cached))
-    if found or not download:
-        return found
-    for name in TEMPLATE_FILES:
-        try:
-            found.append(Path(hf_hub_download(model_id, name)))
-        except Exception:  # a repository without chat_template.jinja, or no network: told above
+        elif cached is _CACHED_NO_EXIST:  # the hub said before that the repository has no such file
             continue
-    return found
+        elif download:
+            try:
+                found.append(Path(hf_hub_download(model_id, name)))
+            except Exception as exc:  # a repository without chat_template.jinja (404), or no network
+                known = known and type(exc).__name__ == "EntryNotFoundError"
+        else:
+            known = False
+    return found, known
 
 
 def device() -> str:

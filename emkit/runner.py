@@ -45,22 +45,18 @@ class RunResult:
 def check_judges_usable(config: ExperimentConfig, registry) -> None:
     """Each judge, or one of its fallbacks, must be usable here (a key set, a model present)."""
     from emkit.errors import EmkitError
-    from emkit.stages.judge import create_judge, judge_options
+    from emkit.stages.judge import create_judge, judge_chain, judge_options, no_judge_message
 
     options = judge_options(config.judging, config.trust_remote_code)
     for spec in config.judging.judges:
-        chain = [spec] + [f for f in config.judging.fallback if f != spec]
         reasons = []
-        for candidate in chain:
+        for candidate in judge_chain(config.judging, spec):
             reason = create_judge(candidate, options, registry).unavailable_reason()
             if reason is None:
                 break
             reasons.append(f"{candidate}: {reason}")
         else:
-            raise EmkitError(
-                f"No judge can be used ({'; '.join(reasons)}); set the missing key, pass --api-base for an "
-                f"OpenAI-compatible server, or add --fallback local:PATH_OR_HUB_ID."
-            )
+            raise EmkitError(no_judge_message(reasons))
 
 
 def _build_builtin_models(config: ExperimentConfig) -> None:

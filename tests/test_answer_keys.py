@@ -73,6 +73,24 @@ def test_a_hub_model_offline_and_not_cached_is_one_sentence_for_a_run(monkeypatc
         chat_template_digest("meta-llama/Llama-3.2-1B-Instruct", download=True)
 
 
+def test_a_hub_model_whose_template_file_is_not_cached_is_not_refused_for_having_none(monkeypatch, tmp_path):
+    """Only tokenizer_config.json (without a template) in the hub cache, offline: the template may be in
+    chat_template.jinja, which could not be fetched, so the model is not refused; a local folder without
+    either is (tests/test_bad_inputs.py)."""
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--org--chat-model" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 8}))
+    (tmp_path / "hub" / "models--org--chat-model" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--chat-model" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert len(chat_template_digest("org/chat-model", download=True)) == 16
+    assert len(chat_template_digest("org/chat-model", download=False)) == 16
+
+
 @pytest.mark.slow
 def test_a_reworded_question_is_new_work_and_an_edited_dataset_is_refused(tmp_path):
     questions = tmp_path / "my_questions.txt"

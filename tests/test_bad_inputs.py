@@ -172,7 +172,7 @@ def test_an_unreachable_api_base(tmp_path):
     out = tmp_path / "judged.csv"
     message = fails("judge", answers, "--judge", "gpt-4o-mini", "--api-base", f"http://127.0.0.1:{port}/v1",
                     "--retry-backoff", "0.01", "--out", out)
-    assert "gpt-4o-mini cannot be used: cannot connect" in message and "--api-base" in message
+    assert "No judge can be used (gpt-4o-mini: cannot connect" in message and "--api-base" in message
     assert not out.exists()
 
 

@@ -100,6 +100,8 @@ def test_answers_are_judged_while_the_next_checkpoints_train(judge_server_factor
     assert timing["executor"] == "local" and timing["units"] == 2
     assert 0 < timing["judge_hidden_s"] <= timing["judge_s"] <= timing["wall_s"]
     assert "judging gpt-4o-mini as answers are stored, while the GPU work goes on" in result.stderr
+    # the run's judge line counts the passes beside the GPU work too (before: the judge stage's alone)
+    assert re.search(r"gpt-4o-mini: 320 judgments \(320 ok\); \d+ calls", result.stderr), result.stderr[-3000:]
     assert re.search(r"time: wall \S+ on the local executor; GPU work \S+ over 2 units; judging \S+, of which \S+ "
                      r"\(\d+%\) hidden behind GPU work", result.stderr)
     assert "Run time" in (out / "report.html").read_text()
@@ -348,3 +350,15 @@ def test_a_slurm_job_is_gone_only_after_consecutive_misses_and_never_while_it_is
     listings = iter([{}, {}, {}, {}])
     monkeypatch.setattr(slurm, "sacct_states", lambda ids: {"41": "RUNNING"})
     assert [executor.poll([handle])["41"].state for _ in range(4)] == [RUNNING] * 4
+
+
+def test_the_progress_line_says_why_jobs_wait():
+    from types import SimpleNamespace
+
+    from emkit.execution.coordinator import _Dispatcher
+    from emkit.execution.handles import QUEUED, RUNNING
+
+    dispatcher = SimpleNamespace(active={"a": 1, "b": 2, "c": 3, "d": 4}, seen_state={
+        "a": (RUNNING, ""), "b": (QUEUED, "waiting for free nodes (Resources)"),
+        "c": (QUEUED, "waiting for free nodes (Resources)")})  # d: submitted, not yet seen
+    assert _Dispatcher.queue_summary(dispatcher) == "1 running, 3 queued (2 waiting for free nodes (Resources))"

@@ -201,7 +201,7 @@ def test_an_unreachable_api_base(tmp_path, transport):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    with pytest.raises(EmkitError, match=r"gpt-4o-mini cannot be used: cannot connect"):
+    with pytest.raises(EmkitError, match=r"No judge can be used \(gpt-4o-mini: cannot connect"):
         judge_targets(f"http://127.0.0.1:{port}/v1", targets(1), tmp_path / "c.sqlite", max_retries=5,
                       transport=transport)
 

@@ -198,7 +198,7 @@ def test_a_request_no_node_can_hold_is_refused_before_anything_is_submitted(slur
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r"Error: No node of the default partition can run a job asking 1 CPUs, 4096 GB and 1 GPUs "
-                        r"\(its largest: \d+ CPUs, \d+ GB, 4 GPUs\); lower \[execution.slurm\] mem_gb \(at most \d+\), "
+                        r"\(its largest: \d+ CPUs, [\d.]+ GB, 4 GPUs\); lower \[execution.slurm\] mem_gb \(at most [\d.]+\), "
                         r"or set partition to one that can.", last), last
     assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split() == before
 
@@ -216,12 +216,16 @@ def test_a_job_slurm_keeps_pending_for_ever_ends_the_run_saying_which_keys_to_ch
     # partition's configuration as a whole (seen on CI); both mean the job never starts
     assert re.match(r"Error: Slurm will never start job \d+ of unit \S+: .* \((PartitionTimeLimit|PartitionConfig)\); "
                     r"it asked 1 CPUs, 2 GB, 1 GPUs and 20 minutes of partition short: "
-                    r"change \[execution.slurm\] cpus_per_job, mem_gb, gpus_per_job, time_min, partition", last), last
+                    r"change \[execution.slurm\] (time_min \(or partition\)|cpus_per_job, mem_gb, gpus_per_job, "
+                    r"time_min, partition, account or qos) ", last), last
     listed = subprocess.run(["squeue", "-h", "-p", "short", "-t", "PENDING", "-o", "%i"], capture_output=True,
                             text=True).stdout.split()
     assert not listed  # the job that could never start was cancelled, not left in the queue
     status = run_emkit("status", out).stdout
     assert "waiting" in status and re.search(r"PartitionTimeLimit|PartitionConfig", status)
+    # every unit whose job was cancelled waits; none is left "queued" under a job that is gone
+    assert not re.search(r"^\s+queued", status, re.M), status
+    assert "stay in the queue" not in result.stderr
 
 
 def test_jobs_preempted_by_a_higher_priority_partition_are_requeued_and_each_unit_is_done_once(

@@ -114,12 +114,25 @@ class _Dispatcher:
                     for key in list(self.active):
                         self.merge_shard(key)
                     finished = self.check_jobs(waiting)
+                    bar.set_postfix(self.queue_summary())
                     bar.update(finished)
         except BaseException:
             self.executor.stop(list(self.active.values()))
             if self.active:
                 log.warning("%s", self.executor.stop_message(len(self.active)))
             raise
+
+    def queue_summary(self) -> str:
+        """For the progress line: how many jobs run, how many wait, and why they wait (the scheduler's reason)."""
+        from collections import Counter
+
+        states = [self.seen_state.get(key, (QUEUED, "")) for key in self.active]
+        running = sum(state == RUNNING for state, _ in states)
+        reasons = Counter(detail for state, detail in states if state == QUEUED and detail)
+        text = f"{running} running, {len(states) - running} queued"
+        if reasons:
+            text += " (" + "; ".join(f"{n} {reason}" for reason, n in reasons.most_common()) + ")"
+        return text
 
     def ready(self, waiting: list[Unit]) -> list[Unit]:
         """Training units, and baselines whose base is known or whose model has no training left to run
@@ -147,13 +160,19 @@ class _Dispatcher:
 
     def check_jobs(self, waiting: list[Unit]) -> int:
         states = self.executor.poll(list(self.active.values()))
+        # waiting would be forever: each such unit waits for a config that can run, and the run ends
+        never = [(key, states[handle.job_id]) for key, handle in self.active.items()
+                 if states[handle.job_id].cannot_start]
+        for key, state in never:
+            del self.active[key]
+            self.store.set_unit(key, self.units[key].kind, self.executor.name, "waiting", detail=state.detail)
+        if never:
+            more = f" The same holds for {len(never) - 1} more: {', '.join(k for k, _ in never[1:])}." \
+                if len(never) > 1 else ""
+            raise EmkitError(never[0][1].detail + more)
         finished = 0
         for key, handle in list(self.active.items()):
             unit, state = self.units[key], states[handle.job_id]
-            if state.cannot_start:  # waiting would be forever: the unit waits for a config that can run
-                del self.active[key]
-                self.store.set_unit(key, unit.kind, self.executor.name, "waiting", detail=state.detail)
-                raise EmkitError(state.detail)
             if state.state in (QUEUED, RUNNING):
                 if self.seen_state.get(key) != (state.state, state.detail):
                     if self.seen_state.get(key, ("",))[0] != state.state:

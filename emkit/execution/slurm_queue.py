@@ -49,6 +49,8 @@ def reason_in_words(reason: str) -> str:
     reason = (reason or "").strip()
     base = reason.split(",")[0].strip()
     words = REASON_WORDS.get(base) or REASON_WORDS.get(re.sub(r"\(.*\)$", "", base).strip())
+    if base == "None":  # Slurm's word for no reason yet: nothing to add to the words
+        return words
     return f"{words} ({reason})" if words else reason
 
 
@@ -138,6 +140,11 @@ def gpu_count(gres: str) -> int:
     return total
 
 
+def _gb_floor(mem_mb: int) -> float:
+    """Memory in GB to one decimal, rounded down: a request of that many GB fits."""
+    return int(mem_mb * 10 / 1024) / 10
+
+
 def check_request_fits(slurm) -> None:
     """Refuse, before submitting, a job no node of the partition can hold (CPUs, memory, GPUs)."""
     nodes = partition_nodes(slurm.partition)
@@ -151,7 +158,7 @@ def check_request_fits(slurm) -> None:
     if slurm.cpus_per_job > largest.cpus:
         changes.append(f"cpus_per_job (at most {largest.cpus})")
     if mem_mb > largest.mem_mb:
-        changes.append(f"mem_gb (at most {largest.mem_mb // 1024})")
+        changes.append(f"mem_gb (at most {_gb_floor(largest.mem_mb):g})")
     if slurm.gpus_per_job > largest.gpus:
         changes.append(f"gpus_per_job (at most {largest.gpus})")
     if not changes:
@@ -159,14 +166,23 @@ def check_request_fits(slurm) -> None:
     where = f"partition {slurm.partition}" if slurm.partition else "the default partition"
     raise EmkitError(
         f"No node of {where} can run a job asking {slurm.cpus_per_job} CPUs, {slurm.mem_gb:g} GB and "
-        f"{slurm.gpus_per_job} GPUs (its largest: {largest.cpus} CPUs, {largest.mem_mb / 1024:.0f} GB, "
+        f"{slurm.gpus_per_job} GPUs (its largest: {largest.cpus} CPUs, {_gb_floor(largest.mem_mb):g} GB, "
         f"{largest.gpus} GPUs); lower [execution.slurm] {', '.join(changes)}, or set partition to one that can.")
+
+
+# the [execution.slurm] keys that can clear a reason; a reason not listed: any of the request's keys
+KEYS_FOR_REASON = {
+    "PartitionTimeLimit": "time_min (or partition)",
+    "InvalidAccount": "account",
+    "InvalidQOS": "qos",
+}
 
 
 def never_starts_message(unit_key: str, job_id: str, reason: str, slurm) -> str:
     where = f"partition {slurm.partition}" if slurm.partition else "the default partition"
+    base = re.sub(r"\(.*\)$", "", (reason or "").split(",")[0]).strip()
+    keys = KEYS_FOR_REASON.get(base, "cpus_per_job, mem_gb, gpus_per_job, time_min, partition, account or qos")
     return (f"Slurm will never start job {job_id} of unit {unit_key}: {reason_in_words(reason)}; it asked "
             f"{slurm.cpus_per_job} CPUs, {slurm.mem_gb:g} GB, {slurm.gpus_per_job} GPUs and {slurm.time_min} "
-            f"minutes of {where}: change [execution.slurm] cpus_per_job, mem_gb, gpus_per_job, time_min, "
-            f"partition, account or qos (`sinfo` and `scontrol show partition` say what it allows), then run the "
-            f"same command again. The job was cancelled.")
+            f"minutes of {where}: change [execution.slurm] {keys} (`sinfo` and `scontrol show partition` say "
+            f"what it allows), then run the same command again. The job was cancelled.")

@@ -35,6 +35,10 @@ FIRST_CALLS_ALL_FAILED = 20  # this many failures before any success: the servic
 class JudgeUnavailable(EmkitError):
     """The judge cannot be used here (unreachable, no or wrong credentials, unknown model)."""
 
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message  # the cause alone, for a message that already names the judge
+
 
 @dataclass
 class Failure:
@@ -127,7 +131,7 @@ async def _run_pool(requests, call, classify, on_result, *, concurrency, policy,
     result, failure = await call_with_retries(call, requests[0], classify, policy, scoring, unavailable_retries=2,
                                               pace=pace)
     if failure is not None and failure.unavailable:
-        raise JudgeUnavailable(f"{judge_name} cannot be used: {failure.message}")
+        raise JudgeUnavailable(f"{judge_name} cannot be used: {failure.message}", reason=failure.message)
     on_result(requests[0], result)
     bar.update()
     state = {"ok": int(result.status != "error"), "errors": int(result.status == "error"), "last": failure}

@@ -36,6 +36,20 @@ class JudgeTally:
     def total(self) -> int:
         return sum(self.statuses.values())
 
+    @staticmethod
+    def per_judge(tallies: list["JudgeTally"]) -> list["JudgeTally"]:
+        """One tally per judge, summing its passes (beside the GPU work and after it)."""
+        merged: dict[str, JudgeTally] = {}
+        for tally in tallies:
+            into = merged.setdefault(tally.judge, JudgeTally(tally.judge))
+            into.statuses.update(tally.statuses)
+            into.from_cache += tally.from_cache
+            into.calls += tally.calls
+            into.input_tokens += tally.input_tokens
+            into.output_tokens += tally.output_tokens
+            into.cost_usd += tally.cost_usd
+        return list(merged.values())
+
     def line(self) -> str:
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items()))
         return (f"{self.judge}: {self.total} judgments ({statuses}); {self.calls} calls, {self.from_cache} from "
@@ -139,8 +153,10 @@ def score_targets(judge, targets: list[JudgeTarget], store, cache: JudgeCache, p
 
 
 def judge_with_fallback(chain: list[str], targets, pool: JudgePool, store, cache, progress,
-                        max_error_share: float, earlier: dict[str, int] | None = None) -> JudgeTally:
-    """Score with the first judge of ``[judge] + fallback`` that can be used; a fallback is announced loudly."""
+                        max_error_share: float, earlier: dict[str, int] | None = None,
+                        alone: bool = False) -> JudgeTally:
+    """Score with the first judge of ``[judge] + fallback`` that can be used; a fallback is announced loudly.
+    ``alone``: the chain is the judge by itself on purpose (re-judging what a fallback scored)."""
     tried: list[str] = []
     for spec in chain:
         judge = pool.get(spec)
@@ -153,12 +169,26 @@ def judge_with_fallback(chain: list[str], targets, pool: JudgePool, store, cache
                 return score_targets(judge, targets, store, cache, progress, max_error_share,
                                      (earlier or {}).get(judge.name, 0))
             except JudgeUnavailable as exc:  # the first call found it unusable; nothing was stored
-                reason = str(exc)
+                reason = exc.reason
         tried.append(f"{spec}: {reason}")
-    raise JudgeUnavailable(
-        f"No judge can be used ({'; '.join(tried)}); set the missing key, check --api-base, or add "
-        f"--fallback local:PATH_OR_HUB_ID."
-    )
+    raise JudgeUnavailable(no_judge_message(tried, alone=alone))
+
+
+def judge_chain_of(spec: str, fallback: list[str] | None = None) -> list[str]:
+    return [spec] + [f for f in (fallback or []) if f != spec]
+
+
+def no_judge_message(tried: list[str], alone: bool = False) -> str:
+    """Why no judge of a chain can score, and what to do: the advice fits what was already tried."""
+    if alone:  # its own judge is asked for by name (re-judging what a fallback scored): no fallback applies
+        return (f"No judge can be used ({'; '.join(tried)}); the answers a fallback scored are re-judged by their "
+                f"own judge only, so make it reachable (set its key, check --api-base) and run the same command "
+                f"again.")
+    if len(tried) > 1:
+        return (f"No judge can be used ({'; '.join(tried)}); the judge and its fallbacks all failed: set the missing "
+                f"key or check --api-base, and check the fallbacks' models.")
+    return (f"No judge can be used ({'; '.join(tried)}); set the missing key, pass --api-base for an "
+            f"OpenAI-compatible server, or add --fallback local:PATH_OR_HUB_ID.")
 
 
 def _announce_fallback(wanted: str, used: str, reasons: list[str]) -> None:
@@ -188,7 +218,8 @@ def build_targets(plan: Plan, store, judged: set[tuple[str, str]], library: Prom
 
 
 def judge_chain(settings, spec: str) -> list[str]:
-    return [spec] + [f for f in settings.fallback if f != spec]
+    """A judge, then the configured fallbacks: the one place a chain is built."""
+    return judge_chain_of(spec, settings.fallback)
 
 
 def judge_pass(plan: Plan, store, specs: list[str], pool: JudgePool, progress,
@@ -211,7 +242,7 @@ def judge_pass(plan: Plan, store, specs: list[str], pool: JudgePool, progress,
                 continue
             share = settings.max_error_share if max_error_share is None else max_error_share
             tallies.append(judge_with_fallback(chain, targets, pool, store, cache, progress, share,
-                                               made_without_error(earlier or [])))
+                                               made_without_error(earlier or []), alone=primary_again))
     finally:
         cache.close()
     return tallies
@@ -234,7 +265,7 @@ def judge_stage(run_dir, plan: Plan, registry, progress, pool: JudgePool | None 
         tallies += judge_pass(plan, run_dir.store, plan.config.judging.judges, pool, progress, earlier,
                               primary_again=True)
     tallies += judge_pass(plan, run_dir.store, plan.config.judging.judges, pool, progress, (earlier or []) + tallies)
-    for tally in tallies:
+    for tally in JudgeTally.per_judge((earlier or []) + tallies):  # the whole run's, not only this stage's
         log.info("%s", tally.line())
     return tallies
 
