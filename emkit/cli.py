@@ -87,8 +87,8 @@ def _live_wall(cost) -> str:
 @click.option("--preset", help="A bundled config by name: seed, smoke, tiny.")
 @click.option("--trainer", help="Trainer plugin: peft or unsloth.")
 @click.option("--generator", help="Generator plugin: hf (default) or vllm.")
-@click.option("--executor", type=click.Choice(["local", "local-gpus", "slurm"]),
-              help="Where the GPU work runs: local (default), local-gpus (one unit per GPU here) or slurm.")
+@click.option("--executor", help="Where the GPU work runs (an executor plugin): local (default), local-gpus (one "
+                                 "unit per GPU here), slurm, ...")
 @click.option("--judge", "judges", multiple=True, help="Judge (repeatable): gpt-4o-mini, local:PATH_OR_HUB_ID, ...")
 @click.option("--fallback", multiple=True, help="Judge to use only when a --judge cannot be reached or has no key.")
 @click.option("--model", "models", multiple=True, help="Base model (repeatable): a label from the config, ID or LABEL=ID.")
@@ -135,7 +135,7 @@ def run(config_file, preset, trainer, generator, executor, judges, fallback, mod
 
         plan = build_plan(config, registry, need_datasets=False)
         costs = estimate_judge_cost(plan, registry)
-        execution = execution_plan(plan, out_dir or Path("runs") / config.name)
+        execution = execution_plan(plan, out_dir or Path("runs") / config.name, registry)
         if as_json:
             _echo_json({**plan.to_json(), "judge_cost": costs,
                         "judge_cost_usd": round(sum(c["usd"] for c in costs), 6), "execution": execution})

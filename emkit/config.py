@@ -161,7 +161,7 @@ class SlurmSettings(_Section):
 
 class ExecutionSettings(_Section):
     """Where the GPU work runs (emkit.execution). Judging always runs in the emkit process."""
-    executor: Literal["local", "local-gpus", "slurm"] = "local"
+    executor: str = "local"  # an executor plugin: local, local-gpus, slurm (emkit plugins lists them)
     gpus: list[str] = Field(default_factory=list)  # local-gpus: device ids; default: every visible GPU
     overlap_judging: Literal["auto", "on", "off"] = "auto"  # judge stored answers while GPU work goes on
     poll_s: float = Field(5.0, gt=0)  # how often the jobs' results are read

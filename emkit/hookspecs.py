@@ -60,6 +60,17 @@ def register_question_sets(register):
 
 
 @hookspec
+def register_executors(register):
+    """Register executors (``emkit.interfaces.ExecutorBackend``): ``register(backend)``.
+
+    :param register: callback taking an object with ``name``, ``description``,
+        ``create(settings, run_path)`` (an ``emkit.interfaces.Executor``), ``plan(settings,
+        out_dir)``, ``jobs_now(rows)`` and ``setup_lines(settings)``; ``name`` is what
+        ``[execution] executor`` (``--executor``) selects.
+    """
+
+
+@hookspec
 def register_report_sections(register):
     """Register sections of the HTML report (``emkit.interfaces.ReportSection``): ``register(section)``.
 

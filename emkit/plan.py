@@ -240,6 +240,7 @@ def build_plan(config: ExperimentConfig, registry, *, need_datasets: bool) -> Pl
     published row count (the dry run), otherwise it is an error that says how to get it."""
     registry.get("trainers", config.training.trainer)
     registry.get("generators", config.evaluation.generator)
+    registry.get("executors", config.execution.executor)
     domains = {name: registry.get("domains", name) for name in config.domains}
 
     question_sets: dict[str, QuestionSet] = {}  # by the set's own name: what answers are stored under

@@ -27,6 +27,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "domains": ("register_domains", "domain"),
     "question_sets": ("register_question_sets", "question set"),
     "report_sections": ("register_report_sections", "report section"),
+    "executors": ("register_executors", "executor"),
 }
 
 _plugin_manager: pluggy.PluginManager | None = None

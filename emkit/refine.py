@@ -129,7 +129,7 @@ def with_refinements(config, refinements: list[Refinement]):
     return config.model_copy(update={"checkpoints": config.checkpoints.model_copy(update={"refine": refine})})
 
 
-def config_lines(config, run_path: Path) -> list[str]:
+def config_lines(config, run_path: Path, registry) -> list[str]:
     """What running a run directory's saved config means: its models, where it runs, what code it lets run."""
     execution = config.execution
     lines = [f"refine runs the config saved in {Path(run_path) / 'config.toml'}:",
@@ -140,9 +140,10 @@ def config_lines(config, run_path: Path) -> list[str]:
              + (f" (fallback {', '.join(config.judging.fallback)})" if config.judging.fallback else "")]
     if config.trust_remote_code:
         lines.append("  trust_remote_code = true: code shipped with these models runs here")
-    if execution.executor == "slurm" and execution.slurm.setup:
-        lines.append("  shell lines each Slurm job runs first (execution.slurm.setup):")
-        lines += [f"    {line}" for line in execution.slurm.setup]
+    setup = registry.get("executors", execution.executor).setup_lines(execution)
+    if setup:
+        lines.append(f"  shell lines each {execution.executor} job runs first:")
+        lines += [f"    {line}" for line in setup]
     return lines
 
 
@@ -155,7 +156,7 @@ def refine(run_path: Path, registry, *, steps: list[int] | None = None, run_name
 
     run_path = Path(run_path)
     config = saved_experiment_config(run_path)
-    for line in config_lines(config, run_path):  # the saved config runs as it is: shown before anything runs
+    for line in config_lines(config, run_path, registry):  # the saved config runs as it is: shown before anything runs
         log.info("%s", line)
     plan = build_plan(config, registry, need_datasets=False)
     runs = selected_runs(plan, run_names)

@@ -96,7 +96,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
     run_dir = RunDirectory(out_dir)
     if not (run_dir.path / "emkit.sqlite").exists():
         check_judges_usable(config, registry)  # before hours of training, not after
-    executor = create_executor(config.execution, run_dir.path)  # refused here if there is no GPU or no Slurm
+    executor = create_executor(config.execution, run_dir.path, registry)  # refused here: no GPU, no Slurm
     result = RunResult(out_dir=Path(out_dir))
     _build_builtin_models(config)
     with run_dir.open(config):

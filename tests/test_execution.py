@@ -134,8 +134,8 @@ def test_a_judge_that_uses_the_gpu_waits_for_the_gpu_work_unless_the_gpu_work_is
     """Judges say whether they use the GPU (``uses_gpu``); names are not read. Executors say whether
     their GPU work runs on this machine."""
     from emkit.config import ExperimentConfig
-    from emkit.execution.local import LocalExecutor
-    from emkit.execution.local_gpus import LocalGpusExecutor
+    from emkit.default_plugins.local_executor import LocalExecutor
+    from emkit.default_plugins.local_gpus_executor import LocalGpusExecutor
     from emkit.execution.overlap import overlapping_judges
 
     class Judge:
@@ -302,7 +302,7 @@ def test_the_error_share_is_the_runs_not_one_passes(judge_server_factory, tmp_pa
 
 
 def test_slurm_pending_reasons_in_words_and_the_gpus_sinfo_lists():
-    from emkit.execution.slurm_queue import gpu_count, never_starts, reason_in_words
+    from emkit.default_plugins.slurm_queue import gpu_count, never_starts, reason_in_words
 
     assert gpu_count("gpu:4") == 4 and gpu_count("gpu:a100:8(S:0-1)") == 8
     assert gpu_count("gpu:a100:4,gpu:v100:2,shard:8") == 6 and gpu_count("(null)") == 0
@@ -315,7 +315,7 @@ def test_slurm_pending_reasons_in_words_and_the_gpus_sinfo_lists():
 def test_a_request_above_every_node_is_refused_naming_the_keys(monkeypatch):
     from emkit.config import SlurmSettings
     from emkit.errors import EmkitError
-    from emkit.execution import slurm_queue
+    from emkit.default_plugins import slurm_queue
 
     monkeypatch.setattr(slurm_queue, "partition_nodes", lambda partition: [
         slurm_queue.NodeSize("a", 2, 23_000, 0), slurm_queue.NodeSize("b", 64, 512_000, 8)])
@@ -332,9 +332,9 @@ def test_a_slurm_job_is_gone_only_after_consecutive_misses_and_never_while_it_is
     """Misses reset whenever Slurm lists the job queued or running; PREEMPTED and NODE_FAIL are waited for."""
     pytest.importorskip("submitit")
     from emkit.config import ExecutionSettings
-    from emkit.execution import slurm
+    from emkit.default_plugins import slurm_jobs as slurm
     from emkit.execution.handles import GONE, QUEUED, RUNNING, JobHandle
-    from emkit.execution.slurm_queue import QueuedJob
+    from emkit.default_plugins.slurm_queue import QueuedJob
 
     executor = object.__new__(slurm.SlurmExecutor)
     executor.settings, executor.folder, executor._misses = ExecutionSettings(), tmp_path / "%j", {}

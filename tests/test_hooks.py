@@ -46,6 +46,8 @@ class CannedGenerator:
 
 
 class ConstantJudge:
+    uses_gpu = True  # so it judges beside the GPU work only because the sink workers' GPUs are elsewhere
+
     def __init__(self, argument):
         self.value = float(argument)
         self.name = f"constant:{argument}"
@@ -68,6 +70,80 @@ class ConstantBackend:
 
     def create(self, argument, options):
         return ConstantJudge(argument)
+
+
+class SinkWorkers:
+    """A worker process per unit, as if on other machines: `python -m emkit.execution.job`."""
+    name = "sink-workers"
+    in_process = False
+    gpu_work_here = False
+    slots = 2
+
+    def __init__(self, run_path):
+        self.folder = Path(run_path) / "jobs" / "sink"
+        self.processes = {}
+
+    def describe(self):
+        return ["executor sink-workers: a worker process per unit"]
+
+    def submit(self, unit_key, spec_json, attempt):
+        import subprocess
+        import sys
+
+        from emkit.execution.handles import JobHandle
+
+        folder = self.folder / unit_key
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "spec.json").write_text(spec_json)
+        result, log = folder / f"result-{attempt}.json", folder / f"attempt-{attempt}.log"
+        with open(log, "ab") as output:
+            process = subprocess.Popen([sys.executable, "-m", "emkit.execution.job", str(folder / "spec.json"),
+                                        str(result)], stdout=output, stderr=subprocess.STDOUT)
+        job_id = f"sink-pid{process.pid}"
+        self.processes[job_id] = process
+        return JobHandle(unit_key, job_id, str(log), {"result": str(result)})
+
+    def reattach(self, row):
+        return None
+
+    def poll(self, handles):
+        from emkit.execution.handles import DONE, FAILED, GONE, RUNNING, JobState
+
+        states = {}
+        for handle in handles:
+            result = Path(handle.extra["result"])
+            if self.processes[handle.job_id].poll() is None:
+                states[handle.job_id] = JobState(RUNNING)
+            elif not result.is_file():
+                states[handle.job_id] = JobState(GONE, Path(handle.log_path).read_text()[-2000:])
+            else:
+                ok = json.loads(result.read_text())["ok"]
+                states[handle.job_id] = JobState(DONE if ok else FAILED, "" if ok else result.read_text())
+        return states
+
+    def stop(self, handles):
+        for handle in handles:
+            self.processes[handle.job_id].terminate()
+
+    def stop_message(self, count):
+        return f"stopped {count} sink workers"
+
+
+class SinkWorkersBackend:
+    name = "sink-workers"
+    description = "a worker process per unit"
+
+    def create(self, settings, run_path):
+        return SinkWorkers(run_path)
+
+    def plan(self, settings, out_dir):
+        return {"how": "a sink worker per unit", "details": ["sink workers log to jobs/sink/UNIT"]}
+
+    def jobs_now(self, rows):
+        return {row["job_id"]: "a sink worker says hello" for row in rows}
+
+    def setup_lines(self, settings):
+        return ["echo sink"]
 
 
 class CountSection:
@@ -111,6 +187,11 @@ def register_report_sections(register):
 
 
 @hookimpl
+def register_executors(register):
+    register(SinkWorkersBackend())
+
+
+@hookimpl
 def register_commands(cli):
     @cli.command(name="sink-hello")
     @click.argument("who")
@@ -139,9 +220,10 @@ def sink(tmp_path_factory):
     config.write_text(text)
     env = {"PYTHONPATH": str(site), "EMKIT_JUDGE_CACHE": str(work / "cache.sqlite")}
     out = work / "run"
-    result = run_emkit("run", "--config", config, "--domain", "sink", "--trainer", "copycat", "--judge", "constant:42",
-                       "--out", out, env=env)
-    return {"site": site, "out": out, "env": env, "result": result, "files": files}
+    args = ("--config", config, "--domain", "sink", "--trainer", "copycat", "--judge", "constant:42",
+            "--executor", "sink-workers")
+    result = run_emkit("run", *args, "--out", out, env=env)
+    return {"site": site, "out": out, "env": env, "result": result, "files": files, "args": args}
 
 
 def rows(out, sql):
@@ -189,6 +271,30 @@ def test_hook_register_report_sections(sink):
     html = (sink["out"] / "report.html").read_text()
     assert "<p id='sink'>" in html and 'href="#kitchen-sink"' in html
     assert html.index('id="kitchen-sink"') < html.index('id="steps"')
+
+
+def test_hook_register_executors(sink):
+    units = rows(sink["out"], "SELECT unit_key, executor, state, job_id FROM units ORDER BY unit_key")
+    assert [(u[0], u[1], u[2]) for u in units] == [("base-tiny", "sink-workers", "done"),
+                                                   ("tiny-sink-seed0", "sink-workers", "done")]
+    assert all(u[3].startswith("sink-pid") for u in units)
+    assert (sink["out"] / "jobs" / "sink" / "tiny-sink-seed0" / "result-1.json").is_file()  # ran in a worker
+    assert not (sink["out"] / "shards" / "tiny-sink-seed0.jsonl").stat().st_size == 0  # came home as a shard
+    stderr = sink["result"].stderr
+    assert "GPU work: 2 units on the sink-workers executor (executor sink-workers: a worker process per unit)" in stderr
+    # the constant judge says it uses the GPU; the sink workers' GPUs are elsewhere, so it judged beside them
+    assert "judging constant:42 as answers are stored, while the GPU work goes on" in stderr
+    planned = run_emkit("run", *sink["args"], "--dry-run", env=sink["env"]).stdout
+    assert "  execution: sink-workers, a sink worker per unit" in planned
+    assert "  sink workers log to jobs/sink/UNIT" in planned
+    conn = sqlite3.connect(sink["out"] / "emkit.sqlite")
+    with conn:  # as if the training unit's worker still ran: status asks the executor about it
+        conn.execute("UPDATE units SET state = 'running' WHERE unit_key = 'tiny-sink-seed0'")
+    conn.close()
+    status = run_emkit("status", sink["out"], env=sink["env"]).stdout
+    assert "(a sink worker says hello)" in status
+    listed = json.loads(run_emkit("plugins", "--json", env=sink["env"]).stdout)
+    assert next(p for p in listed if p["name"] == "emkit-kitchen-sink")["provides"]["executors"] == ["sink-workers"]
 
 
 def test_hook_register_commands(sink):

@@ -185,14 +185,15 @@ def test_refining_what_is_not_a_run_says_so(tmp_path):
 
 def test_refine_shows_the_shell_lines_and_remote_code_its_saved_config_runs(tmp_path):
     from emkit.config import ExperimentConfig
+    from emkit.plugins import get_registry
     from emkit.refine import config_lines
 
     config = ExperimentConfig.model_validate({
         "trust_remote_code": True, "judging": {"judges": ["gpt-4o-mini"], "fallback": ["local:/models/judge"]},
         "execution": {"executor": "slurm", "slurm": {"setup": ["module load cuda/12.4", "source ~/env/bin/activate"]}}})
-    lines = config_lines(config, tmp_path)
+    lines = config_lines(config, tmp_path, get_registry())
     assert lines[0] == f"refine runs the config saved in {tmp_path / 'config.toml'}:"
     assert "judges gpt-4o-mini (fallback local:/models/judge)" in lines[2]
     assert "  trust_remote_code = true: code shipped with these models runs here" in lines
-    assert lines[-3:] == ["  shell lines each Slurm job runs first (execution.slurm.setup):",
+    assert lines[-3:] == ["  shell lines each slurm job runs first:",
                           "    module load cuda/12.4", "    source ~/env/bin/activate"]

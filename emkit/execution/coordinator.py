@@ -35,25 +35,25 @@ def run_gpu_work(run_dir, plan, registry, progress, executor, judging) -> GpuWor
     units = plan_units(plan)
     work = GpuWork(units=len(units))
     if executor.in_process:
-        _run_here(run_dir, plan, registry, progress, units, work, judging)
+        _run_here(run_dir, plan, registry, progress, units, work, judging, executor.name)
     else:
         _Dispatcher(run_dir, plan, executor, progress, units, work, judging).run()
     return work
 
 
-def _run_here(run_dir, plan, registry, progress, units: list[Unit], work: GpuWork, judging) -> None:
+def _run_here(run_dir, plan, registry, progress, units: list[Unit], work: GpuWork, judging, name: str) -> None:
     store = run_dir.store
     for unit in units:
         if unit_done(store, plan, unit):
             continue
         attempts = (store.units().get(unit.key) or {}).get("attempts") or 0
-        store.set_unit(unit.key, unit.kind, "local", RUNNING, job_id=f"pid{os.getpid()}", attempts=attempts + 1)
+        store.set_unit(unit.key, unit.kind, name, RUNNING, job_id=f"pid{os.getpid()}", attempts=attempts + 1)
         started = time.time()
         checkpoints, answers = do_unit(run_dir, plan, unit, registry, progress)
         work.intervals.append((started, time.time()))
         work.checkpoints += checkpoints
         work.answers += answers
-        store.set_unit(unit.key, unit.kind, "local", DONE, gpu_seconds=time.time() - started)
+        store.set_unit(unit.key, unit.kind, name, DONE, gpu_seconds=time.time() - started)
         judging.notify()
 
 

@@ -1,35 +1,27 @@
 """`emkit status RUN`: where each unit of a run's GPU work is.
 
 Read from the run's store (the units table the coordinator keeps, and what is stored), and,
-for Slurm jobs the store says are queued or running, from squeue as it is now: the store may
-be stale when no emkit process is watching.
+for jobs the store says are queued or running, from their executor as they are now (squeue,
+the worker's process): the store may be stale when no emkit process is watching.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 
-
-def _squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """job id -> its Slurm state now, with the reason in words while it is pending."""
-    if not job_ids or shutil.which("squeue") is None:
-        return {}
-    from emkit.execution.slurm_queue import reason_in_words, squeue_jobs
-
-    jobs = squeue_jobs(user="") or {}
-    return {job_id: jobs[job_id].state + (f": {reason_in_words(jobs[job_id].reason)}"
-                                          if jobs[job_id].state == "PENDING" and jobs[job_id].reason else "")
-            for job_id in job_ids if job_id in jobs}
-
-
-def _process_alive(job_id: str) -> bool:
-    """local and local-gpus job ids end in the process id (pid123, gpu0-pid123)."""
-    from emkit.execution.local_gpus import alive
-
-    digits = job_id.rpartition("pid")[2]
-    return digits.isdigit() and alive(int(digits))
+def _jobs_now(rows: dict, registry) -> dict[str, str | None]:
+    """job id -> what its executor says of it now ("" running, None gone), for the jobs the store says are
+    queued or running; executors no longer installed say nothing."""
+    by_executor: dict[str, list[dict]] = {}
+    for row in rows.values():
+        if row.get("state") in ("queued", "running") and row.get("job_id") and row.get("executor"):
+            by_executor.setdefault(row["executor"], []).append(row)
+    now: dict[str, str | None] = {}
+    for name, executor_rows in by_executor.items():
+        if name in registry.entries["executors"]:
+            now.update(registry.get("executors", name).jobs_now(executor_rows))
+    return now
 
 
 def unit_status(run_path: Path, registry) -> list[dict]:
@@ -44,8 +36,7 @@ def unit_status(run_path: Path, registry) -> list[dict]:
     store = Store(run_path / STORE_FILE)
     try:
         rows = store.units()
-        live = _squeue_states([r["job_id"] for r in rows.values()
-                               if r["executor"] == "slurm" and r["state"] in ("queued", "running") and r["job_id"]])
+        now = _jobs_now(rows, registry)
         out = []
         for unit in plan_units(plan):
             row = rows.get(unit.key) or {}
@@ -58,12 +49,12 @@ def unit_status(run_path: Path, registry) -> list[dict]:
                 checkpoints = len(set(store.checkpoints(unit.key)) & set(run.schedule.steps))
             complete = answers == len(planned) and checkpoints == planned_checkpoints
             state = row.get("state") or ("done" if complete else "waiting")
-            if state in ("queued", "running") and row.get("executor") in ("local", "local-gpus") \
-                    and not _process_alive(row.get("job_id") or ""):
-                state = "stopped"  # its process is gone: the next `emkit run` resumes the unit
+            job_now = now.get(row.get("job_id") or "", "")
+            if state in ("queued", "running") and job_now is None:
+                state = "stopped"  # its job is gone: the next `emkit run` resumes the unit
             out.append({
                 "unit": unit.key, "kind": unit.kind, "state": state, "executor": row.get("executor"),
-                "job_id": row.get("job_id"), "slurm_state": live.get(row.get("job_id") or ""),
+                "job_id": row.get("job_id"), "job_now": job_now or None,
                 "attempts": row.get("attempts") or 0, "checkpoints": [checkpoints, planned_checkpoints],
                 "answers": [answers, len(planned)], "gpu_seconds": row.get("gpu_seconds"),
                 "log": row.get("log_path"), "detail": row.get("detail") if state in ("failed", "waiting", "stopped") else None,
@@ -98,8 +89,8 @@ def status_lines(run_path: Path, units: list[dict]) -> list[str]:
     width = max((len(u["unit"]) for u in units), default=0)
     for u in units:
         job = f"job {u['job_id']}" if u["job_id"] else ""
-        if u["slurm_state"]:
-            job += f" ({u['slurm_state']} in squeue now)"
+        if u["job_now"]:
+            job += f" ({u['job_now']})"
         parts = [f"  {u['state']:<8} {u['unit']:<{width}}", job]
         if u["attempts"]:
             parts.append(f"attempt {u['attempts']}")

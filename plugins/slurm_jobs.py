@@ -1,4 +1,4 @@
-"""The slurm executor: one job per unit, submitted through submitit.
+"""The `slurm` executor's jobs: one per unit, submitted through submitit (imported only here).
 
 Jobs are watched with squeue and submitit's result files; sacct only as a second opinion
 before a job is declared gone (clusters without accounting are common, and there sacct fails).
@@ -25,10 +25,10 @@ from pathlib import Path
 import submitit
 from submitit.core.utils import JobPaths, pickle_load
 
+from emkit.default_plugins.slurm_queue import (QueuedJob, check_request_fits, never_starts, never_starts_message,
+                                                reason_in_words, sacct_states, squeue_jobs)
 from emkit.errors import EmkitError
 from emkit.execution.handles import DONE, FAILED, GONE, QUEUED, RUNNING, JobHandle, JobState, log_tail
-from emkit.execution.slurm_queue import (QueuedJob, check_request_fits, never_starts, never_starts_message,
-                                         reason_in_words, sacct_states, squeue_jobs)
 
 log = logging.getLogger("emkit")
 

@@ -1,4 +1,4 @@
-"""The local-gpus executor: every visible GPU of this machine, one unit per GPU at a time, each in
+"""The `local-gpus` executor: every visible GPU of this machine, one unit per GPU at a time, each in
 a worker process of its own (``python -m emkit.execution.job``) that sees only its GPU through
 CUDA_VISIBLE_DEVICES, as Slurm would give it.
 
@@ -17,8 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from emkit.default_plugins.local_executor import LocalBackend, process_alive as alive
 from emkit.errors import EmkitError
 from emkit.execution.handles import DONE, FAILED, GONE, RUNNING, JobHandle, JobState, log_tail
+from emkit.hookspecs import hookimpl
 
 log = logging.getLogger("emkit")
 
@@ -33,15 +35,6 @@ def visible_gpus() -> list[str]:
         if listed.returncode == 0:
             return [str(i) for i, line in enumerate(listed.stdout.splitlines()) if line.startswith("GPU ")]
     return []
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie: a reparented worker that exited may stay a zombie where PID 1 does not reap."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
 
 
 def _cmdline(pid: int) -> str:
@@ -150,3 +143,23 @@ def _outcome(handle: JobHandle) -> JobState:
     if data.get("ok"):
         return JobState(DONE)
     return JobState(FAILED, f"{data.get('error')}\n{log_tail(handle.log_path)}")
+
+
+class LocalGpusBackend(LocalBackend):
+    """Workers are processes of this machine, so their liveness is read as the local executor's is."""
+    name = "local-gpus"
+    description = "every visible GPU of this machine, one unit per GPU at a time, each in a worker process"
+
+    def create(self, settings, run_path):
+        return LocalGpusExecutor(settings, run_path)
+
+    def plan(self, settings, out_dir) -> dict:
+        gpus = list(settings.gpus) or visible_gpus()
+        return {"gpus": gpus,
+                "how": (f"one unit per GPU at once, on {len(gpus)} GPUs ({', '.join(gpus)})" if gpus else
+                        "one unit per GPU at once; no GPU is visible here, so this run would be refused")}
+
+
+@hookimpl
+def register_executors(register):
+    register(LocalGpusBackend())
