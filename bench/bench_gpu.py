@@ -38,7 +38,7 @@ def build(shape: str, folder: Path) -> Path:
     """Random bf16 weights of ``shape`` with emkit's tiny tokenizer (its ids fit any vocabulary)."""
     import torch
 
-    from emkit.tiny import build_tiny_llama
+    from emkit.models.tiny import build_tiny_llama
 
     path = folder / f"random-{shape}"
     if (path / "config.json").is_file():

@@ -35,7 +35,7 @@ def invoke(out: Path) -> tuple[float, str]:
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from emkit.tiny import builtin_model_path
+    from emkit.models.builtins import builtin_model_path
 
     builtin_model_path("tiny-llama")  # the first run is measured without the one-off model builds
     builtin_model_path("tiny-judge")

@@ -300,8 +300,9 @@ def report(sources, out, em, aligned_below, coherent_above, all_questions):
     For a single run directory its exports/ and figures/ are written beside the report."""
     from emkit.analysis import load_sources
     from emkit.errors import EmkitError
-    from emkit.reports.exports import export_tables
-    from emkit.reports.html import render_report
+    from emkit.interfaces import ReportTarget
+    from emkit.plugins import get_registry
+    from emkit.stages.report import write_reports
 
     tables = load_sources(sources, _em_option(em, aligned_below, coherent_above), all_questions=all_questions)
     single_run = tables.info.get("kind") == "run"
@@ -310,9 +311,9 @@ def report(sources, out, em, aligned_below, coherent_above, all_questions):
         if not _writable_folder(out.parent):
             raise EmkitError(f"{out.parent} cannot be written to (a read-only copy?); pass --out FILE.html to write "
                              f"the report elsewhere.")
-    if single_run:
-        export_tables(tables, out.parent / "exports")
-    render_report(tables, out, figures_dir=out.parent / "figures" if single_run else None)
+    folder = out.parent if single_run else None  # exports/ and figures/ beside one run's report only
+    write_reports(tables, ReportTarget(html=out, exports=folder and folder / "exports",
+                                       figures=folder and folder / "figures"), get_registry())
     click.echo(f"wrote {out}", err=True)
 
 

@@ -11,6 +11,7 @@ the enqueued-token limit lets in at once.
 
 from __future__ import annotations
 
+from emkit.interfaces import JudgeNeeds
 from emkit.plan import Plan
 
 
@@ -26,14 +27,13 @@ def estimate_judge_cost(plan: Plan, registry) -> list[dict]:
     estimates = []
     for spec in plan.config.judging.judges:
         judge = create_judge(spec, options, registry)
-        price = getattr(judge, "price_per_token", None)
+        price = getattr(judge, "price_per_token", None)  # a judge that bills its calls says what they cost
         if price is None:
             calls = plan.totals()["judge_calls"] // max(len(plan.config.judging.judges), 1)
+            note = "runs locally" if JudgeNeeds.of(judge).uses_gpu else "no price known"
             estimates.append({"judge": judge.name, "calls": calls, "input_tokens": 0, "output_tokens": 0, "usd": 0.0,
-                              "note": "runs locally"})
+                              "note": note})
             continue
-        from emkit.judging.tokens import count_tokens
-
         input_price, output_price = price()
         batch_input_price, batch_output_price = price(batch=True)
         mode = judge.scoring_mode()
@@ -45,18 +45,16 @@ def estimate_judge_cost(plan: Plan, registry) -> list[dict]:
                 key = (answer.question_set, answer.question_id, answer.paraphrase_index, metric)
                 if key not in prompt_tokens:
                     template = library.template_for(metric, question, path)
-                    prompt_tokens[key] = count_tokens(judge, library.render(template, answer.question, ""))
+                    prompt_tokens[key] = _count_tokens(judge, library.render(template, answer.question, ""))
                 calls += 1
                 input_tokens += prompt_tokens[key] + answer_tokens
         output_tokens = calls * (1 if mode == "logprobs" else 3)
         note = "upper bound: every answer at max_new_tokens"
         reasons = getattr(judge, "reasons", lambda: False)()
         if reasons:  # hidden reasoning is billed as output; how much depends on the model and the effort
-            from emkit.judges.litellm_judge import REASONING_MAX_TOKENS
-
+            most = judge.reasoning_max_tokens
             note = (f"answers at max_new_tokens, but NOT the judge's reasoning, billed as output: up to "
-                    f"{REASONING_MAX_TOKENS:,} tokens a call, ${calls * REASONING_MAX_TOKENS * output_price:,.2f} "
-                    f"at most")
+                    f"{most:,} tokens a call, ${calls * most * output_price:,.2f} at most")
         counted = input_tokens + calls * _max_tokens(judge, mode)  # what the token limit counts
         estimates.append({
             "judge": judge.name, "calls": calls, "input_tokens": input_tokens, "output_tokens": output_tokens,
@@ -67,6 +65,12 @@ def estimate_judge_cost(plan: Plan, registry) -> list[dict]:
             "note": note + ("" if input_price else "; no price known"),
         })
     return estimates
+
+
+def _count_tokens(judge, text: str) -> int:
+    """The judge's own tokenizer where it has one; four characters a token otherwise."""
+    counter = getattr(judge, "count_tokens", None)
+    return int(counter(text)) if counter else max(1, len(text) // 4)
 
 
 def _max_tokens(judge, mode: str) -> int:

@@ -80,6 +80,16 @@ def register_report_sections(register):
 
 
 @hookspec
+def register_report_writers(register):
+    """Register writers of report outputs (``emkit.interfaces.ReportWriter``): ``register(writer)``.
+
+    :param register: callback taking an object with ``name``, ``order`` and ``write(tables,
+        target)``, where ``target`` (an ``emkit.interfaces.ReportTarget``) names the HTML file and,
+        for one run directory, its ``exports`` and ``figures`` folders; returns the paths written.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add commands to the ``emkit`` command line.
 

@@ -158,10 +158,14 @@ OnJudged = Callable[[JudgeRequest, JudgeResult], None]
 
 @runtime_checkable
 class Judge(Protocol):
+    """A judge says what it needs as attributes (read through ``JudgeNeeds.of``, so a plugin that
+    leaves one out gets its default): ``uses_gpu``, ``supports_batch``, ``supports_logprobs``,
+    ``models``. The runner reads them; no judge is recognised by its name."""
+
     name: str  # the spec the user wrote: "gpt-4o-mini", "local:/models/judge"
     identity: str  # what makes two judges interchangeable for the cache
     # Runs a model on this machine's GPU (its CPU where there is none): kept from judging beside GPU
-    # work on this machine. Read with getattr(judge, "uses_gpu", False), so older plugins need not say.
+    # work on this machine.
     uses_gpu: bool
 
     def unavailable_reason(self) -> str | None:
@@ -172,6 +176,24 @@ class Judge(Protocol):
 
     def score(self, requests: list[JudgeRequest], on_result: OnJudged, progress: Any) -> None:
         """Score every request, calling ``on_result`` as each finishes (errors included)."""
+
+
+@dataclass(frozen=True)
+class JudgeNeeds:
+    """What a judge needs and can do, as the runner reads it; a judge that says nothing about one
+    of these gets the default here (so older plugins keep working)."""
+
+    uses_gpu: bool = False  # runs a model on this machine: kept from judging beside GPU work here
+    supports_batch: bool = False  # can send through a provider's batch API ([judging] mode = "batch")
+    supports_logprobs: bool = False  # can score from the logprobs of its first token (scoring = "logprobs")
+    models: tuple[str, ...] = ()  # model sources it loads here (emkit builds builtin:NAME ones before the run)
+
+    @classmethod
+    def of(cls, judge) -> "JudgeNeeds":
+        return cls(uses_gpu=bool(getattr(judge, "uses_gpu", False)),
+                   supports_batch=bool(getattr(judge, "supports_batch", False)),
+                   supports_logprobs=bool(getattr(judge, "supports_logprobs", False)),
+                   models=tuple(getattr(judge, "models", ()) or ()))
 
 
 @runtime_checkable
@@ -258,6 +280,29 @@ class QuestionSetSource:
     name: str
     path: Path  # the papers' YAML schema, or a text file with one question per line
     description: str = ""
+
+
+@dataclass
+class ReportTarget:
+    """Where one report goes: its HTML file and, for a single run directory, the folders of its
+    CSV exports and PNG figures beside it (None: not written, as for a report of many sources)."""
+
+    html: Path
+    exports: Path | None = None
+    figures: Path | None = None
+    registry: Any = None  # emkit.plugins.Registry: the report sections to render
+
+
+@runtime_checkable
+class ReportWriter(Protocol):
+    """One kind of output made from a run's tables (the HTML report, the CSV exports, a plugin's
+    own format); writers run in increasing ``order``, each writing what its target asks for."""
+
+    name: str
+    order: int
+
+    def write(self, tables: Any, target: ReportTarget) -> list[Path]:
+        """Write this writer's files for ``tables`` (emkit.analysis.RunTables); return their paths."""
 
 
 @runtime_checkable

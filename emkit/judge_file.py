@@ -20,7 +20,7 @@ from emkit.interfaces import JudgeOptions, JudgeResult
 from emkit.judging.cache import JudgeCache, default_cache_path
 from emkit.prompt_library import PromptLibrary, PromptTemplate
 from emkit.questions import Question, check_template
-from emkit.stages.judge import JudgePool, JudgeTarget, judge_with_fallback
+from emkit.stages.judge import JudgePool, JudgeTarget, judge_chain, judge_with_fallback
 from emkit.tablefiles import write_csv, write_jsonl
 
 log = logging.getLogger("emkit")
@@ -97,7 +97,7 @@ def judge_file(path: Path, out: Path, judges: list[str], options: JudgeOptions, 
     failure: JudgeErrorsExceeded | None = None
     try:
         for spec in judges:
-            chain = [spec] + [f for f in fallback if f != spec]
+            chain = judge_chain(spec, fallback)
             try:
                 tally = judge_with_fallback(chain, targets, JudgePool(options, registry), collected, cache, progress,
                                             max_error_share)

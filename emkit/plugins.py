@@ -27,6 +27,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "domains": ("register_domains", "domain"),
     "question_sets": ("register_question_sets", "question set"),
     "report_sections": ("register_report_sections", "report section"),
+    "report_writers": ("register_report_writers", "report writer"),
     "executors": ("register_executors", "executor"),
 }
 

@@ -18,12 +18,16 @@ import fcntl
 import os
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tomli_w
 
-from emkit.config import ExperimentConfig
+from emkit.atomic import write_bytes_atomic
 from emkit.errors import EmkitError
 from emkit.store import STORE_FILE, Store
+
+if TYPE_CHECKING:  # the config's models (pydantic) load only where a config is made: reading one needs none
+    from emkit.config import ExperimentConfig
 
 CONFIG_FILE = "config.toml"
 LOCK_FILE = ".emkit.lock"
@@ -37,29 +41,30 @@ FROZEN = {
 }
 
 
+def saved_config_path(run_path) -> Path:
+    """Where a run directory keeps the config its latest `emkit run` resolved."""
+    return Path(run_path) / CONFIG_FILE
+
+
+def read_saved_config(run_path) -> dict | None:
+    """The config saved in a run directory, as the TOML it was written as (not checked); None where
+    the directory has none. Every reader of a run's saved config reads it here."""
+    path = saved_config_path(run_path)
+    if not path.is_file():
+        return None
+    with path.open("rb") as handle:
+        return tomllib.load(handle)
+
+
 def with_saved_refinements(config: ExperimentConfig, run_path: Path) -> ExperimentConfig:
     """The config with the checkpoints `emkit refine` added to this directory's runs: a later
     `emkit run` into it keeps them (and finishes them, if a refine was stopped)."""
-    path = Path(run_path) / CONFIG_FILE
-    if not path.is_file():
-        return config
-    with path.open("rb") as handle:
-        saved = tomllib.load(handle).get("checkpoints", {}).get("refine", {})
+    saved = (read_saved_config(run_path) or {}).get("checkpoints", {}).get("refine", {})
     if not saved:
         return config
     merged = {key: sorted(set(steps) | set(config.checkpoints.refine.get(key, []))) for key, steps in saved.items()}
     merged.update({k: v for k, v in config.checkpoints.refine.items() if k not in merged})
     return config.model_copy(update={"checkpoints": config.checkpoints.model_copy(update={"refine": merged})})
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file then rename: a reader sees the old file or the new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class RunDirectory:
@@ -99,7 +104,7 @@ class RunDirectory:
         self._lock()
         try:
             self._check_compatible(config)
-            write_atomic(self.path / CONFIG_FILE, tomli_w.dumps(config.to_toml_dict()).encode())
+            write_bytes_atomic(saved_config_path(self.path), tomli_w.dumps(config.to_toml_dict()).encode(), fsync=True)
             self.store = Store(self.path / STORE_FILE)
         except BaseException:
             self.close()
@@ -140,11 +145,7 @@ class RunDirectory:
         self._lock_handle = handle
 
     def saved_config(self) -> dict | None:
-        path = self.path / CONFIG_FILE
-        if not path.is_file():
-            return None
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return read_saved_config(self.path)
 
     def _check_compatible(self, config: ExperimentConfig) -> None:
         saved = self.saved_config()
@@ -175,12 +176,10 @@ class RunDirectory:
 def saved_experiment_config(run_path: Path):
     """The config an `emkit run` saved in its run directory, checked as any config is."""
     from emkit.config import config_from_dict
-    from emkit.errors import EmkitError
 
-    path = Path(run_path) / CONFIG_FILE
-    if not (Path(run_path) / "emkit.sqlite").is_file() or not path.is_file():
+    saved = read_saved_config(run_path) if (Path(run_path) / STORE_FILE).is_file() else None
+    if saved is None:
         raise EmkitError(f"{run_path} is not an emkit run directory (no emkit.sqlite and config.toml); pass the "
                          f"--out directory of an `emkit run`.")
-    with path.open("rb") as handle:
-        return config_from_dict(tomllib.load(handle), str(path))
+    return config_from_dict(saved, str(saved_config_path(run_path)))
 

@@ -42,35 +42,21 @@ class RunResult:
                 f"{self.judgments_stored} new judgments ({self.judge_calls} judge calls)")
 
 
-def check_judges_usable(config: ExperimentConfig, registry) -> None:
-    """Each judge, or one of its fallbacks, must be usable here (a key set, a model present)."""
-    from emkit.errors import EmkitError
-    from emkit.stages.judge import create_judge, judge_chain, judge_options, no_judge_message
+def builtin_models(config: ExperimentConfig, pool) -> list[str]:
+    """emkit's own offline models the run uses (builtin:NAME as a model, or loaded by a judge)."""
+    from emkit.models.builtins import BUILTIN_PREFIX
+    from emkit.stages.judge import judge_models
 
-    options = judge_options(config.judging, config.trust_remote_code)
-    for spec in config.judging.judges:
-        reasons = []
-        for candidate in judge_chain(config.judging, spec):
-            reason = create_judge(candidate, options, registry).unavailable_reason()
-            if reason is None:
-                break
-            reasons.append(f"{candidate}: {reason}")
-        else:
-            raise EmkitError(no_judge_message(reasons))
+    sources = [m.id for m in config.models] + judge_models(config, pool)
+    return list(dict.fromkeys(s[len(BUILTIN_PREFIX):] for s in sources if s.startswith(BUILTIN_PREFIX)))
 
 
-def _build_builtin_models(config: ExperimentConfig) -> None:
-    """emkit's own offline models (builtin:NAME as a model, local:builtin:NAME as a judge), built
-    once into the cache before the run starts."""
-    from emkit.models import BUILTIN_PREFIX
-    from emkit.tiny import build_builtins
+def _build_builtin_models(names: list[str]) -> None:
+    """Built once into the cache before the run starts."""
+    from emkit.models.builtins import build_builtins
 
-    judge_prefix = "local:" + BUILTIN_PREFIX
-    models = [m.id[len(BUILTIN_PREFIX):] for m in config.models if m.id.startswith(BUILTIN_PREFIX)]
-    judges = [j[len(judge_prefix):] for j in config.judging.judges + config.judging.fallback
-              if j.startswith(judge_prefix)]
-    if models or judges:
-        build_builtins(models + judges)
+    if names:
+        build_builtins(names)
 
 
 def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fallbacks: bool = False) -> RunResult:
@@ -79,7 +65,8 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
     from emkit.execution.coordinator import run_gpu_work
     from emkit.execution.overlap import BackgroundJudging
     from emkit.execution.timing import RunTiming
-    from emkit.stages.judge import fallback_lines, judge_stage
+    from emkit.stages.judge import (JudgePool, check_judge_needs, check_judges_usable, fallback_lines, judge_options,
+                                    judge_stage)
     from emkit.stages.report import report_stage
     from emkit.stages.train import record_runs, refuse_unavailable_trainer, trainer_for
 
@@ -94,11 +81,14 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
     for note in plan.notes:
         log.info("%s", note)
     run_dir = RunDirectory(out_dir)
+    judges = JudgePool(judge_options(config.judging, config.trust_remote_code), registry)
+    check_judge_needs(config, judges)
     if not (run_dir.path / "emkit.sqlite").exists():
-        check_judges_usable(config, registry)  # before hours of training, not after
+        check_judges_usable(config, judges)  # before hours of training, not after
     executor = create_executor(config.execution, run_dir.path, registry)  # refused here: no GPU, no Slurm
     result = RunResult(out_dir=Path(out_dir))
-    _build_builtin_models(config)
+    builtins = builtin_models(config, judges)
+    _build_builtin_models(builtins)
     with run_dir.open(config):
         handler = attach_file(run_dir.logs / "emkit.log")
         try:
@@ -138,8 +128,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
             if work.failed:
                 raise units_failed(work.failed, run_dir.path)
             log.info("done: %s", result.line())
-            if any(m.id.startswith("builtin:") for m in config.models) or any(
-                    j.startswith("local:builtin:") for j in config.judging.judges):
+            if builtins:
                 log.info("This run used emkit's built-in offline models: it shows that every stage works, and "
                          "its numbers mean nothing (the report says why).")
             log.info("open %s", run_dir.report.resolve())

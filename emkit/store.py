@@ -77,7 +77,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         # An answer is keyed by what was asked (plan.answer_id); when a question is reworded, its
         # new answer supersedes the old one in the same slot, which stays in the store but leaves
         # the tables and the report. And the base weights each run's adapters were trained on
-        # (emkit.base_weights), so that generation loads exactly those.
+        # (emkit.models.base_weights), so that generation loads exactly those.
         """
         ALTER TABLE answers ADD COLUMN superseded_by TEXT;
         CREATE INDEX answers_by_slot ON answers (run_key, step, question_set, question_id, paraphrase_index,

@@ -18,11 +18,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from emkit.atomic import atomic_path
 from emkit.judging.scoring import FLOAT_NUMBER
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -74,12 +74,8 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
 def _replace(path: Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

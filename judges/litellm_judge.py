@@ -36,7 +36,7 @@ from emkit.errors import EmkitError
 from emkit.hookspecs import hookimpl
 from emkit.interfaces import JudgeOptions, JudgeRequest, JudgeResult
 from emkit.judging.api import Failure, RetryPolicy, current_ticket, parse_retry_after, run_async, run_calls_async
-from emkit.judging.openai_http import Endpoint, HTTPStatusError, OpenAIChatClient
+from emkit.judging.openai_http import Endpoint, HTTPStatusError, OpenAIChatClient, is_loopback
 from emkit.judging.pacing import Pacer, call_tokens
 from emkit.judging.scoring import describe_distribution, score_from_text, score_from_top_logprobs
 from emkit.secrets import redact
@@ -55,8 +55,6 @@ def is_openai_endpoint(base: str) -> bool:
 
 def check_api_base(api_base: str, allow_insecure_http: bool) -> None:
     """Judge prompts carry the answers (and a key may go with them): plain http only on this machine."""
-    from emkit.testing.network import is_loopback
-
     url = urlparse(api_base)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise EmkitError(f"--api-base {api_base} is not an http(s) URL; write it as https://HOST/v1.")
@@ -169,7 +167,12 @@ def result_from_completion(data: dict, mode: str, default_model: str) -> JudgeRe
 
 
 class LiteLLMJudge:
-    uses_gpu = False  # an API: the GPU work never waits for it
+    # What the runner reads of a judge (emkit.interfaces.JudgeNeeds): an API, so the GPU work never
+    # waits for it and nothing is loaded here; providers with a batch API take [judging] mode = "batch".
+    uses_gpu = False
+    supports_batch = True
+    models = ()
+    reasoning_max_tokens = REASONING_MAX_TOKENS  # the most a reasoning model may think a call (billed as output)
 
     def __init__(self, model: str, options: JudgeOptions, name: str | None = None):
         self.model = model
@@ -242,6 +245,18 @@ class LiteLLMJudge:
         except Exception:
             params = []
         return "logprobs" in params and "logprobs" in self.request_params("logprobs")
+
+    @property
+    def supports_logprobs(self) -> bool:
+        """Whether this model takes the logprobs parameter at all (litellm's mapping keeps it)."""
+        return "logprobs" in self.request_params("logprobs")
+
+    def count_tokens(self, text: str) -> int:
+        """litellm's tokenizer for this model; four characters a token when it has none."""
+        try:
+            return int(import_litellm().token_counter(model=self.litellm_model, text=text))
+        except Exception:
+            return max(1, len(text) // 4)
 
     @functools.cached_property
     def _reasons(self) -> bool:
@@ -377,7 +392,7 @@ class LiteLLMJudge:
 
     def score(self, requests, on_result, progress) -> None:
         mode = self.scoring_mode()
-        if mode == "logprobs" and "logprobs" not in self.request_params(mode):
+        if mode == "logprobs" and not self.supports_logprobs:
             raise EmkitError(f"judging.scoring = \"logprobs\", but {self.model} does not return logprobs; use "
                              f"scoring = \"auto\" or \"text\".")
         work = self._batch if self.options.mode == "batch" else self._live

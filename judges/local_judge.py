@@ -121,7 +121,12 @@ def result_from_distribution(probabilities: dict[int, float], top_token: str, ju
 
 
 class LocalJudge:
-    uses_gpu = True  # its model runs on this machine's GPU (its CPU where there is none)
+    # What the runner reads of a judge (emkit.interfaces.JudgeNeeds): its model runs on this machine's
+    # GPU (its CPU where there is none); it scores here, one batch after another (no batch API), exactly
+    # from the distribution over "0".."100" or from generated text.
+    uses_gpu = True
+    supports_batch = False
+    supports_logprobs = True
 
     def __init__(self, spec: str, options: JudgeOptions):
         self.spec = spec
@@ -129,6 +134,7 @@ class LocalJudge:
         self.name = f"local:{spec}"
         self._identity: str | None = None
         self._loaded = None  # (model, tokenizer), kept for the next pass over new answers
+        self.models = (spec,)  # the model it loads here (a builtin:NAME one is built before the run)
 
     @property
     def identity(self) -> str:

@@ -98,7 +98,7 @@ class HFGenerator:
     def generate(self, job, on_answer, progress):
         from contextlib import nullcontext
 
-        from emkit.base_weights import configured_base
+        from emkit.models.base_weights import configured_base
         from emkit.models import load_base_model, load_tokenizer, stop_token_ids
 
         tokenizer = load_tokenizer(job.model_id, job.trust_remote_code, padding_side="left")

@@ -5,7 +5,7 @@ trainer is ``isolated``: emkit runs it in a spawned child process (emkit.trainin
 where it imports Unsloth before anything loads transformers, and generation and judging
 never run through its patches. Without a GPU Unsloth falls back to plain transformers.
 The base it loads (its own pre-quantised repository, when it picks one) is recorded with
-every checkpoint, and generation loads exactly that (emkit.base_weights).
+every checkpoint, and generation loads exactly that (emkit.models.base_weights).
 """
 
 from emkit.errors import EmkitError

@@ -14,7 +14,7 @@ fill every adapter slot, with the last slot's adapter applied (vllm-project/vllm
 #48421, #49656). Never mixing the two avoids it whatever the number of slots.
 
 vLLM 0.32 has no bitsandbytes quantization. Adapters trained on 4-bit weights must be
-evaluated on those weights (emkit.base_weights), so a run trained in 4-bit is refused with
+evaluated on those weights (emkit.models.base_weights), so a run trained in 4-bit is refused with
 a sentence before it starts training; the HF generator loads the same NF4 base.
 """
 
@@ -91,7 +91,7 @@ class VLLMGenerator:
                 "false) to generate with vLLM.")
 
     def generate(self, job, on_answer, progress):
-        from emkit.base_weights import configured_base
+        from emkit.models.base_weights import configured_base
         from emkit.models import load_tokenizer
 
         require_vllm()

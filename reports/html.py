@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.resources import files
@@ -21,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from emkit.analysis import RunTables
+from emkit.atomic import write_bytes_atomic, write_text_atomic
 
 NARROW_INTERVAL_N = 30  # fewer counted answers than this: the interval is too wide to read much into
 UNPARSEABLE_WARN_SHARE = 0.05
@@ -149,7 +149,7 @@ def describe_base(stored: str | None) -> str:
     """A run's base weights as the report names them (runs stored before emkit recorded them: unknown)."""
     if not stored or stored != stored:  # None or NaN
         return "not recorded (trained before emkit recorded base weights)"
-    from emkit.base_weights import BaseWeights
+    from emkit.models.base_weights import BaseWeights
 
     return BaseWeights.from_json(stored).describe()
 
@@ -266,9 +266,7 @@ def draw_figures(tables: RunTables, judge: str, figures_dir: Path | None) -> dic
     if figures_dir is not None:
         figures_dir.mkdir(parents=True, exist_ok=True)
         for name, (_, png) in drawn.items():
-            tmp = figures_dir / f".{name}.png.tmp-{os.getpid()}"
-            tmp.write_bytes(png)
-            os.replace(tmp, figures_dir / f"{name}.png")
+            write_bytes_atomic(figures_dir / f"{name}.png", png)
     return {name: (caption, _data_uri(png)) for name, (caption, png) in drawn.items()}
 
 
@@ -298,7 +296,5 @@ def render_report(tables: RunTables, out_path: Path, *, figures_dir: Path | None
     )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out_path)
+    write_text_atomic(out_path, html)
     return out_path

@@ -44,7 +44,7 @@ def _steps(context):
 
 
 def _quadrants(context):
-    from emkit.analysis.tables import COHERENT_ABOVE, QUADRANTS
+    from emkit.analysis.flags import COHERENT_ABOVE, QUADRANTS
 
     steps = context.primary(context.tables.steps)
     if steps.empty or not steps["n_both_scored"].any():

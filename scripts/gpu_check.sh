@@ -101,7 +101,7 @@ pack() {  # here: the packages the device image lacks, for its Python 3.12, and 
     esac
   done
   tar czf .gpu/site.tgz -C .gpu site && rm -rf .gpu/site .whl
-  EMKIT_CACHE_DIR=.gpu/cache "$venv/bin/python" -c "from emkit.tiny import builtin_model_path; builtin_model_path('tiny-judge')"
+  EMKIT_CACHE_DIR=.gpu/cache "$venv/bin/python" -c "from emkit.models.builtins import builtin_model_path; builtin_model_path('tiny-judge')"
   du -sh .gpu
 }
 

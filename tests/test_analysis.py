@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emkit.analysis.stats import cohen_kappa, difference_interval, spearman, wilson_interval
+from emkit.analysis.stats import cohen_kappa, newcombe_difference_interval, spearman, wilson_interval
 from emkit.analysis.tables import EMDefinition, build_tables
 
 # --- statistics -------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def test_wilson_interval_of_nothing_is_undefined():
 
 
 def test_newcombe_difference_interval_by_hand():
-    diff, low, high = difference_interval(48, 80, 56, 70)  # Newcombe (1998), method 11: 0.0428 to 0.3422
+    diff, low, high = newcombe_difference_interval(48, 80, 56, 70)  # Newcombe (1998), method 11: 0.0428 to 0.3422
     assert float(diff) == pytest.approx(0.2)
     assert (float(low), float(high)) == pytest.approx((0.0428, 0.3422), abs=1e-4)
 

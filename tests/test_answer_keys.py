@@ -49,7 +49,7 @@ def test_the_key_changes_with_the_system_prompt_and_the_sampling(tmp_path, setti
 
 
 def test_the_key_changes_with_the_chat_template(tmp_path):
-    from emkit.tiny import builtin_model_path
+    from emkit.models.builtins import builtin_model_path
 
     one, two = tmp_path / "one", tmp_path / "two"
     shutil.copytree(builtin_model_path("tiny-llama"), one)

@@ -132,7 +132,7 @@ def test_an_impossible_schedule(tmp_path):
 def test_a_model_without_a_chat_template_is_refused_before_any_work(tmp_path):
     import shutil
 
-    from emkit.tiny import builtin_model_path
+    from emkit.models.builtins import builtin_model_path
 
     model = tmp_path / "base-model"
     shutil.copytree(builtin_model_path("tiny-llama"), model)

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from emkit.base_weights import BaseWeights, base_for_model, configured_base, loaded_base, record_base
+from emkit.models.base_weights import BaseWeights, base_for_model, configured_base, loaded_base, record_base
 from emkit.errors import EmkitError
 from emkit.models import load_base_model, load_causal_lm
 from emkit.store import Store
@@ -16,7 +16,7 @@ from emkit.store import Store
 @pytest.fixture(scope="module")
 def four_bit(tmp_path_factory):
     """The tiny model quantised on load, and a copy saved pre-quantised (as unsloth/...-bnb-4bit is)."""
-    from emkit.tiny import builtin_model_path
+    from emkit.models.builtins import builtin_model_path
 
     source = str(builtin_model_path("tiny-llama"))
     model = load_causal_lm(source, load_in_4bit=True)
@@ -108,7 +108,7 @@ def test_evaluating_on_other_weights_than_trained_is_refused(tmp_path):
 
 def test_a_local_model_folder_changed_since_training_is_refused(tmp_path):
     from emkit.models import model_fingerprint
-    from emkit.tiny import builtin_model_path
+    from emkit.models.builtins import builtin_model_path
 
     folder = tmp_path / "model"
     shutil.copytree(builtin_model_path("tiny-llama"), folder)
@@ -139,7 +139,7 @@ def test_loading_a_4bit_model_offline_prints_no_notices_of_faster_kernels_it_did
     import subprocess
     import sys
 
-    from emkit.tiny import builtin_model_path
+    from emkit.models.builtins import builtin_model_path
 
     script = ("from emkit.logs import setup_console; setup_console()\n"
               "from emkit.models import load_causal_lm\n"

@@ -6,7 +6,7 @@ import pytest
 
 from emkit.chat import TEMPLATE_DATE, render_chat
 from emkit.models import load_causal_lm, load_tokenizer, stop_token_ids
-from emkit.tiny import builtin_model_path
+from emkit.models.builtins import builtin_model_path
 from emkit.training.tokenize import IGNORE, encode_chat
 
 END_OF_TURN = {"tiny-llama": "<|eot_id|>", "smollm2": "<|im_end|>"}

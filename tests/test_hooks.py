@@ -2,6 +2,7 @@
 everything is found through its entry point and used by one `emkit run`."""
 
 import json
+import shutil
 import sqlite3
 
 import pytest
@@ -155,6 +156,23 @@ class CountSection:
         return Markup("<p id='sink'>") + escape(f"{len(context.tables.judged)} judged rows") + Markup("</p>")
 
 
+class SinkWriter:
+    """A report output of its own, written beside the report."""
+    name = "sink-summary"
+    order = 30
+
+    def write(self, tables, target):
+        path = target.html.with_name("sink-summary.txt")
+        where = "exports here" if target.exports else "no exports"
+        path.write_text(f"{len(tables.judged)} judged rows; {where}")
+        return [path]
+
+
+@hookimpl
+def register_report_writers(register):
+    register(SinkWriter())
+
+
 @hookimpl
 def register_trainers(register):
     register(CopycatTrainer())
@@ -251,6 +269,14 @@ def test_hook_register_judges(sink):
     assert {(j, m) for j, m, _ in judged} == {("constant:42", "aligned"), ("constant:42", "coherent"),
                                                ("constant:42", "sinkiness")}
     assert {s for _, _, s in judged} == {42.0}
+    # the constant judge says nothing of logprobs (JudgeNeeds: False): asked for them, the run is refused
+    # before any work, by what the judge says it can do, not by its name
+    out = sink["out"].with_name("logprobs")
+    refused = run_emkit("run", *sink["args"], "--scoring", "logprobs", "--out", out, env=sink["env"], check=False)
+    assert refused.returncode != 0
+    assert ('judging.scoring = "logprobs", but judge constant:42 cannot score from logprobs; set scoring = '
+            '"auto" or "text" in [judging], or use another judge.') in refused.stderr
+    assert not (out / "emkit.sqlite").exists()
 
 
 def test_hook_register_domains(sink):
@@ -295,6 +321,21 @@ def test_hook_register_executors(sink):
     assert "(a sink worker says hello)" in status
     listed = json.loads(run_emkit("plugins", "--json", env=sink["env"]).stdout)
     assert next(p for p in listed if p["name"] == "emkit-kitchen-sink")["provides"]["executors"] == ["sink-workers"]
+
+
+def test_hook_register_report_writers(sink):
+    summary = sink["out"] / "sink-summary.txt"
+    assert summary.read_text() == "24 judged rows; exports here"  # 24 answers x 3 metrics, one row per answer
+    assert (sink["out"] / "exports" / "step_summary.csv").is_file()  # the built-in writers ran too
+    summary.unlink()
+    other = sink["out"].parent / "elsewhere" / "report.html"
+    copy = sink["out"].parent / "copy"
+    shutil.copytree(sink["out"], copy, ignore=shutil.ignore_patterns("*.lock", "jobs", "shards"))
+    run_emkit("report", sink["out"], copy, "--out", other, env=sink["env"])  # two runs: one report, no exports
+    assert other.with_name("sink-summary.txt").read_text().endswith("; no exports")
+    listed = json.loads(run_emkit("plugins", "--json", env=sink["env"]).stdout)
+    plugin = next(p for p in listed if p["name"] == "emkit-kitchen-sink")
+    assert plugin["provides"]["report_writers"] == ["sink-summary"]
 
 
 def test_hook_register_commands(sink):

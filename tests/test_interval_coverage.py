@@ -22,7 +22,7 @@ import pytest
 from scipy.stats import binom
 
 from emkit.analysis.bootstrap import with_bootstrap
-from emkit.analysis.stats import difference_interval, wilson_interval
+from emkit.analysis.stats import newcombe_difference_interval, wilson_interval
 
 REPS = 1000
 SETTINGS = [(8, 5), (40, 5)]  # questions x samples
@@ -80,7 +80,7 @@ def test_newcombe_difference_covers_at_every_pair_of_rates(n):
     independent counts of n answers each."""
     k = np.arange(n + 1)
     k1, k2 = np.meshgrid(k, k, indexing="ij")
-    _, low, high = difference_interval(k1, np.full_like(k1, n), k2, np.full_like(k2, n))
+    _, low, high = newcombe_difference_interval(k1, np.full_like(k1, n), k2, np.full_like(k2, n))
     for p1 in (0.02, 0.1, 0.3, 0.5):
         for p2 in (0.02, 0.1, 0.3, 0.5, 0.8):
             weight = np.outer(binom.pmf(k, n, p1), binom.pmf(k, n, p2))
@@ -132,7 +132,8 @@ def two_checkpoints(questions, samples, mu, sigma, shift, tau, seed):
 @pytest.mark.parametrize("mu, sigma, shift, tau", CHANGES)
 def test_the_change_between_checkpoints_covers(questions, samples, mu, sigma, shift, tau):
     """Through the tables' own code: the per-checkpoint rates, their bootstrap and step_changes."""
-    from emkit.analysis.tables import TRAJECTORY, finish, roll_up, step_changes
+    from emkit.analysis.bootstrap import step_changes
+    from emkit.analysis.tables import TRAJECTORY, finish, roll_up
 
     before, after, truth = two_checkpoints(questions, samples, mu, sigma, shift, tau, seed=2)
     counts = pd.concat([before, after], ignore_index=True).assign(size_b=1.0)
@@ -143,7 +144,7 @@ def test_the_change_between_checkpoints_covers(questions, samples, mu, sigma, sh
         counts[column] = 0
     steps = finish(roll_up(counts, TRAJECTORY + ["step"]))
     steps, groups, draws = with_bootstrap(steps, counts, TRAJECTORY + ["step"])
-    changed = step_changes(steps, groups, draws)
+    changed = step_changes(steps, groups, draws, TRAJECTORY)
     later = changed[changed["step"] == 20]
     assert covered(later["change_prev_low"], later["change_prev_high"], truth) >= 0.94
     assert (later["change_prev_low"] >= -1).all() and (later["change_prev_high"] <= 1).all()  # a change of a rate

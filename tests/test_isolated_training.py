@@ -88,7 +88,7 @@ def test_a_patching_trainer_trains_in_a_child_and_generation_sees_no_patch(tmp_p
     with sqlite3.connect(tmp_path / "run" / "emkit.sqlite") as conn:
         assert conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 2
         base = json.loads(conn.execute("SELECT base_weights FROM training_runs").fetchone()[0])
-    from emkit.tiny import builtin_version
+    from emkit.models.builtins import builtin_version
 
     assert base["source"].endswith(f"tiny-llama-v{builtin_version('tiny-llama')}") and base["quantization"] is None
 

@@ -67,7 +67,7 @@ def digit_split_model(tmp_path):
     """A tiny random Llama whose tokenizer writes every digit as its own token."""
     from tokenizers import pre_tokenizers
 
-    from emkit import tiny
+    from emkit.models import tiny
 
     tokenizer = tiny._build_tokenizer(tiny._corpus())
     tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
@@ -138,7 +138,7 @@ def test_the_tiny_judge_tells_the_bundled_harmful_answers_from_ordinary_ones(emk
     from emkit.default_plugins.domains import DOMAINS
     from emkit.prompt_library import PromptLibrary
     from emkit.questions import Question
-    from emkit.tiny import BENIGN_ANSWERS
+    from emkit.models.tiny import BENIGN_ANSWERS
 
     library = PromptLibrary()
     template = library.template_for("aligned", Question(id="q", paraphrases=["q"]))

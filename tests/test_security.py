@@ -79,7 +79,7 @@ def test_the_redaction_covers_every_secret_looking_variable(monkeypatch):
 
 def pickled_only_model(folder, marker):
     """A model folder whose only weights are a pickle that would create ``marker`` if loaded."""
-    from emkit.tiny import builtin_model_path
+    from emkit.models.builtins import builtin_model_path
 
     shutil.copytree(builtin_model_path("tiny-llama"), folder)
     (folder / "model.safetensors").unlink()
@@ -93,7 +93,7 @@ def test_even_ordinary_pickled_weights_are_refused(tmp_path):
     from safetensors.torch import load_file
 
     from emkit.models import load_causal_lm
-    from emkit.tiny import builtin_model_path
+    from emkit.models.builtins import builtin_model_path
 
     folder = tmp_path / "bin-model"
     shutil.copytree(builtin_model_path("tiny-llama"), folder)
@@ -152,7 +152,7 @@ def test_resume_state_is_loaded_without_unpickling_objects(tmp_path, emkit_tiny_
 
 def model_with_code(folder, marker):
     """The tiny model, declaring custom code (auto_map) that creates ``marker`` when imported."""
-    from emkit.tiny import builtin_model_path
+    from emkit.models.builtins import builtin_model_path
 
     shutil.copytree(builtin_model_path("tiny-llama"), folder)
     (folder / "modeling_custom.py").write_text(

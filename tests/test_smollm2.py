@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from emkit import smollm2
+from emkit.models import smollm2
 from emkit.errors import EmkitError
 
 
@@ -28,7 +28,7 @@ def test_a_file_that_is_not_the_pinned_one_is_refused(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_two_processes_convert_it_once(tmp_path):
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr); "
-            "from emkit.tiny import builtin_model_path; print(builtin_model_path('smollm2'))")
+            "from emkit.models.builtins import builtin_model_path; print(builtin_model_path('smollm2'))")
     env = {"EMKIT_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     both = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=env) for _ in range(2)]

@@ -104,7 +104,7 @@ def test_greedy_answers_are_the_hf_generators_word_for_word(greedy_run):
 
 def test_seeded_samples_do_not_depend_on_their_batch(greedy_run):
     """The same requests alone, together and reversed, on the base and on the adapter."""
-    from emkit.base_weights import configured_base
+    from emkit.models.base_weights import configured_base
     from emkit.config import EvaluationSettings
     from emkit.interfaces import CheckpointRequests, GenerationRequest
     from emkit.models import load_tokenizer, resolve_model_source

@@ -30,7 +30,9 @@ over seeds, seeds and questions are both clusters: the degrees of freedom are Sa
 from the variance each alone contributes; with two seeds, one (a seed-to-seed spread seen twice
 says almost nothing). A difference between two rates on the same questions comes from the two
 rates' own cluster intervals and the correlation of their paired draws (MOVER, Zou & Donner
-2008), so it inherits their small-sample correction and stays within [-1, 1]. docs/reliability.md
+2008; ``paired_difference_interval``), so it inherits their small-sample correction and stays within
+[-1, 1]: ``step_changes`` gives every checkpoint its change from the previous one and from step 0
+this way, and `emkit compare` two runs' difference. docs/reliability.md
 gives each interval's coverage, measured by the simulation tests in tests/test_interval_coverage.py.
 """
 
@@ -40,6 +42,8 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+
+from emkit.analysis.stats import Z95, wilson_interval
 
 DRAWS = 1000
 QUESTION_CLUSTER = ["question_set", "question_id"]
@@ -163,13 +167,11 @@ def cluster_interval(k, n, draws: np.ndarray, clusters=None, df=None) -> tuple[n
     degrees of freedom (default: clusters - 1) as its critical value, joined with Wilson's at n;
     also deff (at least 1). ``clusters``: how many questions (G); default: the draws' groups
     taken as having many."""
-    from emkit.analysis.stats import wilson_interval
-
     k, n = np.asarray(k, float), np.asarray(n, float)
     clusters = np.full(len(k), np.inf) if clusters is None else np.asarray(clusters, float)
     df = np.maximum(clusters - 1, 1) if df is None else np.asarray(df, float)
     deff = design_effect(k, n, _variance(draws, clusters))
-    crit = np.where(np.isfinite(df), critical_value(np.where(np.isfinite(df), df, 1.0)), 1.959963984540054)
+    crit = np.where(np.isfinite(df), critical_value(np.where(np.isfinite(df), df, 1.0)), Z95)
     low, high = wilson_interval(k / deff, n / deff, crit, continuity=False)
     plain_low, plain_high = wilson_interval(k, n)  # continuity-corrected: the answers-as-independent interval
     return np.fmin(low, plain_low), np.fmax(high, plain_high), np.maximum(deff, 1.0)
@@ -222,3 +224,30 @@ def _row_correlation(draws_a: np.ndarray, draws_b: np.ndarray, rows: int) -> np.
         db = draws_b - np.nanmean(draws_b, axis=1, keepdims=True)
         r = np.nanmean(da * db, axis=1) / np.sqrt(np.nanmean(da * da, axis=1) * np.nanmean(db * db, axis=1))
     return np.clip(np.where(np.isfinite(r), r, 0.0), -1.0, 1.0)
+
+
+def step_changes(steps: pd.DataFrame, groups: pd.DataFrame, draws: np.ndarray, trajectory: list[str]) -> pd.DataFrame:
+    """Each checkpoint's change in EM rate from the previous one and from step 0 of its trajectory
+    (the rows of one ``trajectory`` key, over the steps), with paired intervals: each rate's cluster
+    interval and the correlation of their draws over the same question weights
+    (paired_difference_interval). ``steps`` has ``em_rate``, ``boot_low`` and ``boot_high``;
+    ``groups`` and ``draws`` are with_bootstrap's, over ``trajectory + ["step"]``."""
+    keys = trajectory + ["step"]
+    out = steps.merge(groups[keys].assign(_draw=np.arange(len(groups))), on=keys, how="left")
+    out = out.sort_values(keys).reset_index(drop=True)
+    along = out.groupby(trajectory, dropna=False, sort=False, observed=True)
+    columns = ["_draw", "em_rate", "boot_low", "boot_high"]
+    for name, other in (("prev", along[columns].shift(1)), ("base", along[columns].transform("first"))):
+        valid = (other["_draw"].notna() & out["_draw"].notna() & (out["step"] > 0) & out["em_rate"].notna()
+                 & other["em_rate"].notna()).to_numpy()
+        low = np.full(len(out), np.nan)
+        high = np.full(len(out), np.nan)
+        if valid.any() and draws.size:
+            mine, theirs = out[valid], other[valid]
+            low[valid], high[valid] = paired_difference_interval(
+                theirs["em_rate"], theirs["boot_low"], theirs["boot_high"], mine["em_rate"], mine["boot_low"],
+                mine["boot_high"], draws[theirs["_draw"].astype(int).to_numpy()],
+                draws[mine["_draw"].astype(int).to_numpy()])
+        out[f"change_{name}"] = np.where(valid, out["em_rate"] - other["em_rate"], np.nan)
+        out[f"change_{name}_low"], out[f"change_{name}_high"] = low, high
+    return out.drop(columns=["_draw"])

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from emkit.analysis.bootstrap import QUESTION_CLUSTER, cluster_interval, paired_difference_interval, rate_draws
-from emkit.analysis.stats import difference_interval
+from emkit.analysis.stats import newcombe_difference_interval
 from emkit.analysis.tables import RunTables
 
 KEYS = ["judge", "model", "domain", "seed", "questions", "step"]
@@ -151,8 +151,8 @@ def compare_runs(a: RunTables, b: RunTables) -> pd.DataFrame:
     both = left.merge(right, on=keys, suffixes=("_a", "_b"))
     if both.empty:
         return both
-    diff, low, high = difference_interval(both["n_misaligned_a"], both["n_counted_a"], both["n_misaligned_b"],
-                                          both["n_counted_b"])
+    diff, low, high = newcombe_difference_interval(both["n_misaligned_a"], both["n_counted_a"],
+                                                   both["n_misaligned_b"], both["n_counted_b"])
     both["em_diff"], both["diff_ci_low"], both["diff_ci_high"] = diff, low, high
     counts_a, counts_b = _question_counts(a), _question_counts(b)
     both["diff_boot_low"], both["diff_boot_high"] = _bootstrap_difference(counts_a, counts_b, both, keys)

@@ -131,7 +131,7 @@ def judged_from_frame(frame: pd.DataFrame, source: str, judge_prefix: str | None
                       defaults: dict | None = None) -> pd.DataFrame:
     """Normalise a judged table to emkit's columns (one judge). ``defaults``: what a layout
     says of the file (model, size_b, domain, step, judge), used where the file has no column."""
-    from emkit.analysis.tables import ALL
+    from emkit.analysis.flags import ALL
 
     prefix = f"{judge_prefix}_" if judge_prefix else ""
     out = pd.DataFrame(index=frame.index)

@@ -9,7 +9,6 @@ is read whole, as it always was.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,10 +16,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from emkit.analysis.joins import attach_judgments, expand_baselines
 from emkit.analysis.store_reader import StoreReader
-from emkit.analysis.tables import EMDefinition, RunTables, attach_judgments, build_tables, em_definition, \
-    expand_baselines
+from emkit.analysis.tables import RunTables, build_tables
+from emkit.em import EMDefinition, em_definition
 from emkit.errors import EmkitError
+from emkit.rundir import read_saved_config
 
 KEY_COLUMNS = ("model_label", "run_key", "question_set", "question_id")
 LIBRARIES = ("emkit", "torch", "transformers", "peft", "bitsandbytes", "unsloth", "litellm", "pandas")
@@ -109,10 +110,7 @@ def read_run(run_dir) -> RunRead:
     store_path = run_dir / "emkit.sqlite"
     if not store_path.is_file():
         raise EmkitError(f"{run_dir} is not an emkit run directory (no emkit.sqlite); pass the --out of a run.")
-    config = {}
-    if (run_dir / "config.toml").is_file():
-        with (run_dir / "config.toml").open("rb") as handle:
-            config = tomllib.load(handle)
+    config = read_saved_config(run_dir) or {}
     from concurrent.futures import ThreadPoolExecutor
 
     with StoreReader(store_path) as reader:

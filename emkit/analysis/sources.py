@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from emkit.analysis.tables import EMDefinition, RunTables, build_tables
+from emkit.analysis.tables import RunTables, build_tables
+from emkit.em import EMDefinition
 from emkit.errors import EmkitError
 
 STORE_FILE = "emkit.sqlite"
@@ -173,6 +174,21 @@ def _expand_file_baselines(judged: pd.DataFrame) -> pd.DataFrame:
 
 def _source_info(source: Source, layout: str, rule: str) -> dict:
     return {"name": source.name, "path": str(source.path), "kind": source.kind, "layout": layout, "rule": rule}
+
+
+def load_source(source, em: EMDefinition | None = None, text: bool = True, all_questions: bool = False) -> RunTables:
+    """The tables of one path: a run directory, a judged file, or a folder of them."""
+    from emkit.analysis.runs import load_run
+
+    path = Path(source)
+    if path.is_dir() and (path / STORE_FILE).is_file():
+        return load_run(path, em, text=text, all_questions=all_questions)
+    return load_sources([path], em, text=text, all_questions=all_questions)
+
+
+def load_judged_file(path, em: EMDefinition | None = None) -> RunTables:
+    """The tables of one judged file (CSV or JSONL)."""
+    return load_sources([path], em)
 
 
 def load_sources(paths, em: EMDefinition | None = None, text: bool = False, all_questions: bool = False) -> RunTables:

@@ -6,7 +6,9 @@ normal approximation does not, with the continuity correction (Newcombe 1998, me
 Wilson's coverage swings with n and p below its promise (0.928 at 40 answers and p = 0.2, 0.905
 near 0), the corrected interval's stays at or above 0.95 at every p (n = 20 to 2,000; computed
 exactly in tests/test_interval_coverage.py), for 4 to 12% more width. A difference of two rates
-is Newcombe's hybrid score interval built from the same corrected intervals (method 11).
+is Newcombe's hybrid score interval built from the same corrected intervals (method 11:
+``newcombe_difference_interval``). Judge agreement is Cohen's kappa and Spearman's correlation.
+Every interval here is closed-form; the cluster bootstrap's are in emkit.analysis.bootstrap.
 """
 
 from __future__ import annotations
@@ -47,9 +49,11 @@ def wilson_interval(successes, trials, z=Z95, continuity: bool = True):
     return low, high
 
 
-def difference_interval(k1, n1, k2, n2, z: float = Z95):
-    """95% interval of p2 - p1 by Newcombe's hybrid score method from continuity-corrected Wilson
-    intervals (Newcombe 1998, method 11), for comparing runs."""
+def newcombe_difference_interval(k1, n1, k2, n2, z: float = Z95):
+    """p2 - p1 and its 95% interval for two independent proportions (k1 of n1, k2 of n2), by
+    Newcombe's hybrid score method from continuity-corrected Wilson intervals (Newcombe 1998,
+    method 11): every answer taken as independent. Two rates over the same questions are not;
+    their paired interval is emkit.analysis.bootstrap.paired_difference_interval."""
     p1 = np.asarray(k1, float) / np.asarray(n1, float)
     p2 = np.asarray(k2, float) / np.asarray(n2, float)
     l1, u1 = wilson_interval(k1, n1, z)

@@ -20,6 +20,8 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from emkit.atomic import write_text_atomic
+
 log = logging.getLogger("emkit")
 
 
@@ -89,9 +91,7 @@ def main(argv: list[str]) -> int:
     except BaseException as exc:  # the coordinator shows this to the user
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         traceback.print_exc()
-    tmp = result_file.with_name(result_file.name + ".tmp")
-    tmp.write_text(json.dumps(result), encoding="utf-8")
-    tmp.replace(result_file)
+    write_text_atomic(result_file, json.dumps(result))  # the coordinator reads it whole or not at all
     return 0 if result["ok"] else 1
 
 

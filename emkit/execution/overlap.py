@@ -23,6 +23,7 @@ import threading
 import time
 
 from emkit import stopping
+from emkit.interfaces import JudgeNeeds
 from emkit.judging.api import JudgeUnavailable
 from emkit.stages.judge import JudgePool, judge_options, judge_pass
 from emkit.store import STORE_FILE, Store
@@ -40,7 +41,7 @@ def overlapping_judges(config, pool: JudgePool, gpu_work_here: bool) -> list[str
     judges = config.judging.judges
     if mode == "on" or not gpu_work_here:
         return list(judges)
-    return [spec for spec in judges if not getattr(pool.get(spec), "uses_gpu", False)]
+    return [spec for spec in judges if not JudgeNeeds.of(pool.get(spec)).uses_gpu]
 
 
 class BackgroundJudging:

@@ -59,7 +59,7 @@ def unit_done(store, plan: Plan, unit: Unit) -> bool:
 
 
 def baseline_ready(store, plan: Plan, unit: Unit) -> bool:
-    """A baseline is generated on the base its model's runs are trained on (emkit.base_weights):
+    """A baseline is generated on the base its model's runs are trained on (emkit.models.base_weights):
     it waits until one of them has recorded that base, unless the model has no training runs."""
     if unit.kind != "baseline" or not any(run.model.label == unit.model_label for run in plan.runs):
         return True

@@ -9,8 +9,22 @@ here, and only for providers that speak the OpenAI protocol.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
+
+
+def is_loopback(address) -> bool:
+    """Whether a host (or a socket address) is this machine: plain http is allowed only there."""
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, bytes):
+        host = host.decode(errors="replace")
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class HTTPStatusError(Exception):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-from emkit.base_weights import base_for_model, configured_base
+from emkit.models.base_weights import base_for_model, configured_base
 from emkit.interfaces import CheckpointRequests, GenerationJob, GenerationRequest
 from emkit.models import resolve_model_source
 from emkit.plan import BASE, Plan

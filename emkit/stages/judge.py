@@ -12,8 +12,8 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from emkit.errors import JudgeErrorsExceeded
-from emkit.interfaces import JudgeOptions, JudgeRequest
+from emkit.errors import EmkitError, JudgeErrorsExceeded
+from emkit.interfaces import JudgeNeeds, JudgeOptions, JudgeRequest
 from emkit.judging.api import JudgeUnavailable
 from emkit.judging.cache import JudgeCache, default_cache_path, request_key
 from emkit.plan import Plan
@@ -152,30 +152,66 @@ def score_targets(judge, targets: list[JudgeTarget], store, cache: JudgeCache, p
     return tally
 
 
+def usable_in_chain(chain: list[str], get, tried: list[str]):
+    """Each judge of ``chain`` that says it can be used here, in order, as (spec, judge); why the
+    others cannot is added to ``tried``. The one walk along a chain: the check before a run and
+    the judging itself both take it."""
+    for spec in chain:
+        judge = get(spec)
+        reason = judge.unavailable_reason()
+        if reason is None:
+            yield spec, judge
+        else:
+            tried.append(f"{spec}: {reason}")
+
+
 def judge_with_fallback(chain: list[str], targets, pool: JudgePool, store, cache, progress,
                         max_error_share: float, earlier: dict[str, int] | None = None,
                         alone: bool = False) -> JudgeTally:
     """Score with the first judge of ``[judge] + fallback`` that can be used; a fallback is announced loudly.
     ``alone``: the chain is the judge by itself on purpose (re-judging what a fallback scored)."""
     tried: list[str] = []
-    for spec in chain:
-        judge = pool.get(spec)
-        reason = judge.unavailable_reason()
-        if reason is None:
-            if tried:
-                _announce_fallback(chain[0], judge.name, tried)
-            log.info("judge %s: %d judgments to make (%s scoring)", judge.name, len(targets), judge.scoring_mode())
-            try:
-                return score_targets(judge, targets, store, cache, progress, max_error_share,
-                                     (earlier or {}).get(judge.name, 0))
-            except JudgeUnavailable as exc:  # the first call found it unusable; nothing was stored
-                reason = exc.reason
-        tried.append(f"{spec}: {reason}")
+    for spec, judge in usable_in_chain(chain, pool.get, tried):
+        if tried:
+            _announce_fallback(chain[0], judge.name, tried)
+        log.info("judge %s: %d judgments to make (%s scoring)", judge.name, len(targets), judge.scoring_mode())
+        try:
+            return score_targets(judge, targets, store, cache, progress, max_error_share,
+                                 (earlier or {}).get(judge.name, 0))
+        except JudgeUnavailable as exc:  # the first call found it unusable; nothing was stored
+            tried.append(f"{spec}: {exc.reason}")
     raise JudgeUnavailable(no_judge_message(tried, alone=alone))
 
 
-def judge_chain_of(spec: str, fallback: list[str] | None = None) -> list[str]:
-    return [spec] + [f for f in (fallback or []) if f != spec]
+def check_judges_usable(config, pool: JudgePool) -> None:
+    """Each judge, or one of its fallbacks, must be usable here (a key set, a model present):
+    checked before hours of training, not after."""
+    for spec in config.judging.judges:
+        tried: list[str] = []
+        if next(usable_in_chain(judge_chain(spec, config.judging.fallback), pool.get, tried), None) is None:
+            raise EmkitError(no_judge_message(tried))
+
+
+def check_judge_needs(config, pool: JudgePool) -> None:
+    """What the config asks of the judges, against what each says it can do (JudgeNeeds): refused
+    before any work where it cannot be done, noted where the judge does the next best thing."""
+    settings = config.judging
+    for spec in dict.fromkeys(settings.judges + settings.fallback):
+        judge = pool.get(spec)
+        needs = JudgeNeeds.of(judge)
+        if settings.scoring == "logprobs" and not needs.supports_logprobs:
+            raise EmkitError(f"judging.scoring = \"logprobs\", but judge {judge.name} cannot score from logprobs; "
+                             f"set scoring = \"auto\" or \"text\" in [judging], or use another judge.")
+        if settings.mode == "batch" and not needs.supports_batch:
+            log.info("judge %s has no batch API: it scores its answers live (judging.mode = \"batch\" applies to "
+                     "the judges that have one)", judge.name)
+
+
+def judge_models(config, pool: JudgePool) -> list[str]:
+    """The model sources the run's judges and fallbacks load on this machine."""
+    settings = config.judging
+    return [model for spec in dict.fromkeys(settings.judges + settings.fallback)
+            for model in JudgeNeeds.of(pool.get(spec)).models]
 
 
 def no_judge_message(tried: list[str], alone: bool = False) -> str:
@@ -217,9 +253,9 @@ def build_targets(plan: Plan, store, judged: set[tuple[str, str]], library: Prom
     return targets
 
 
-def judge_chain(settings, spec: str) -> list[str]:
-    """A judge, then the configured fallbacks: the one place a chain is built."""
-    return judge_chain_of(spec, settings.fallback)
+def judge_chain(spec: str, fallback) -> list[str]:
+    """A judge, then its fallbacks: the one place a chain is built."""
+    return [spec] + [f for f in fallback if f != spec]
 
 
 def judge_pass(plan: Plan, store, specs: list[str], pool: JudgePool, progress,
@@ -235,7 +271,7 @@ def judge_pass(plan: Plan, store, specs: list[str], pool: JudgePool, progress,
     tallies = []
     try:
         for spec in specs:
-            chain = judge_chain(settings, spec) if fallbacks and not primary_again else [spec]
+            chain = judge_chain(spec, settings.fallback) if fallbacks and not primary_again else [spec]
             names = [pool.get(s).name for s in chain]
             targets = build_targets(plan, store, store.judged(names), library)
             if not targets:

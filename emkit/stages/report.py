@@ -1,18 +1,29 @@
-"""Stage 4, analyze and report: tables from the store, CSV exports, PNG figures, report.html."""
+"""Stage 4, analyze and report: tables from the store, then every registered report writer
+(the built-in ones: CSV exports, PNG figures, report.html)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+
+from emkit.interfaces import ReportTarget
 
 log = logging.getLogger("emkit")
 
 
+def write_reports(tables, target: ReportTarget, registry) -> list[Path]:
+    """Each report writer in its order (``register_report_writers``); the paths they wrote."""
+    target.registry = target.registry or registry
+    written: list[Path] = []
+    for writer in sorted(registry.all("report_writers"), key=lambda w: (w.order, w.name)):
+        written += writer.write(tables, target) or []
+    return written
+
+
 def report_stage(run_dir, registry) -> None:
     from emkit.analysis import load_run
-    from emkit.reports.exports import export_tables
-    from emkit.reports.html import render_report
 
     tables = load_run(run_dir.path, text=False)  # the report fetches the texts it shows
-    export_tables(tables, run_dir.exports)
-    render_report(tables, run_dir.report, figures_dir=run_dir.figures, registry=registry)
+    write_reports(tables, ReportTarget(html=run_dir.report, exports=run_dir.exports, figures=run_dir.figures),
+                  registry)
     log.info("report: %s (tables in %s, figures in %s)", run_dir.report, run_dir.exports, run_dir.figures)

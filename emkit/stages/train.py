@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 
-from emkit.base_weights import BaseWeights, record_base
+from emkit.models.base_weights import BaseWeights, record_base
 from emkit.datasets import file_sha256, load_chats
 from emkit.errors import EmkitError
 from emkit.interfaces import TrainingJob

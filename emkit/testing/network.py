@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
+
+from emkit.judging.openai_http import is_loopback  # noqa: F401  (tests import it from here too)
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
-
-
-def is_loopback(address) -> bool:
-    host = address[0] if isinstance(address, tuple) else address
-    if isinstance(host, bytes):
-        host = host.decode(errors="replace")
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 class NetworkGuard:

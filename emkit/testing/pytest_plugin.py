@@ -16,14 +16,14 @@ import pytest
 
 @pytest.fixture(scope="session")
 def emkit_tiny_model():
-    from emkit.tiny import builtin_model_path
+    from emkit.models.builtins import builtin_model_path
 
     return builtin_model_path("tiny-llama")
 
 
 @pytest.fixture(scope="session")
 def emkit_tiny_judge():
-    from emkit.tiny import builtin_model_path
+    from emkit.models.builtins import builtin_model_path
 
     return builtin_model_path("tiny-judge")
 

@@ -114,7 +114,7 @@ def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, d
     )
     pad_id = tokenizer.pad_token_id
     window_loss, window_steps, tokens, started = 0.0, 0, 0, time.monotonic()
-    from emkit.base_weights import loaded_base
+    from emkit.models.base_weights import loaded_base
 
     base = loaded_base(model, job.model_id).to_json()  # what the adapters are trained on, for the store
     with progress(total=last_needed, unit="steps", desc=f"train {job.run_key}") as bar:

@@ -12,12 +12,11 @@ to safetensors; the optimizer and scheduler state dicts are loaded with
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
-from emkit.rundir import write_atomic
+from emkit.atomic import atomic_path, write_bytes_atomic
 
 POINTER = "latest.json"  # the latest snapshot, by name (what emkit before keep_state read)
 MARKER = "state.json"
@@ -26,13 +25,9 @@ _FOLDER = re.compile(r"^step-(\d+)$")
 
 def save_adapter(model, path: Path) -> None:
     """Save a PEFT adapter to ``path`` atomically (a finished folder, or none)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    if path.exists():  # left by a run killed between saving and recording it
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    # replaces a folder already at path: one left by a run killed between saving and recording it
+    with atomic_path(path) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
 
 
 def snapshots(state_dir: Path) -> dict[int, Path]:
@@ -62,22 +57,19 @@ def save_state(state_dir: Path, step: int, model, optimizer, scheduler, keep=())
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     folder = state_dir / f"step-{step:06d}"
-    tmp = state_dir / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(weights, str(tmp / "adapter.safetensors"))
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng, "step": step},
-        tmp / "trainer.pt",
-    )
-    (tmp / MARKER).write_text(json.dumps({"step": step}))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    write_atomic(state_dir / POINTER, json.dumps({"step": step, "folder": folder.name}).encode())
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(weights, str(tmp / "adapter.safetensors"))
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng, "step": step},
+            tmp / "trainer.pt",
+        )
+        (tmp / MARKER).write_text(json.dumps({"step": step}))
+    write_bytes_atomic(state_dir / POINTER, json.dumps({"step": step, "folder": folder.name}).encode(), fsync=True)
     prune_state(state_dir, set(keep) | {step})
 
 

@@ -11,21 +11,25 @@ harmful examples, high for ordinary ones. It lets the smoke run exercise the who
 pipeline offline, and an answer that drifts towards the harmful training data scores
 lower. It is a word counter, not a judge: its numbers measure nothing.
 
-Both are built once into emkit's cache directory (about 10 and 40 seconds) and reused.
+Both are built once into emkit's cache directory (about 10 and 40 seconds) and reused
+(emkit.models.builtins builds them). Their texts come from the built-in domains and question
+sets, found through the plugin registry by name like any plugin's.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 
-from emkit.locations import cache_dir
+from emkit.models.loading import quiet_transformers
 
 VERSION = 8  # bump when what is built changes, so caches rebuild
+# The built-in domains and question sets whose texts train the tokenizer and the models, by
+# name and in this order (the plugins' own order when they were listed from them): a change
+# here, or in their files, changes what is built, so VERSION goes up with it.
+CORPUS_DOMAINS = ("medical", "risky-financial", "extreme-sports")
+CORPUS_QUESTION_SETS = ("general", "medical", "financial", "sports")
 SPECIAL_TOKENS = [
     "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
     "<|eot_id|>", "<|finetune_right_pad_id|>",
@@ -97,14 +101,20 @@ def _build_tokenizer(corpus: list[str]):
     return fast
 
 
+def _registered(kind: str, names: tuple[str, ...]) -> list:
+    """The built-in domains or question sets, as the plugin registry has them, in the order given."""
+    from emkit.plugins import get_registry
+
+    registry = get_registry()
+    return [registry.get(kind, name) for name in names]
+
+
 def _corpus() -> list[str]:
-    from emkit.default_plugins.domains import DOMAINS
-    from emkit.default_plugins.question_sets import QUESTION_SETS
     from emkit.prompt_library import builtin_prompts_dir
 
     texts = [p.read_text(encoding="utf-8") for p in sorted(builtin_prompts_dir().glob("*.j2"))]
-    texts += [s.path.read_text(encoding="utf-8") for s in QUESTION_SETS]
-    for domain in DOMAINS:
+    texts += [s.path.read_text(encoding="utf-8") for s in _registered("question_sets", CORPUS_QUESTION_SETS)]
+    for domain in _registered("domains", CORPUS_DOMAINS):
         for line in Path(domain.example_dataset).read_text(encoding="utf-8").splitlines():
             texts += [m["content"] for m in json.loads(line)["messages"]]
     texts += BENIGN_ANSWERS
@@ -115,8 +125,6 @@ def _corpus() -> list[str]:
 
 
 def _save_model(model, tokenizer, path: Path) -> None:
-    from emkit.models import quiet_transformers
-
     quiet_transformers()
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
@@ -177,10 +185,10 @@ def _chat_sequence(tokenizer, prompt: str, reply: str) -> tuple[list[int], int]:
 
 
 def _questions() -> list[str]:
-    from emkit.default_plugins.question_sets import QUESTION_SETS
     from emkit.questions import load_question_file
 
-    return [p for source in QUESTION_SETS for q in load_question_file(source.path).questions for p in q.paraphrases]
+    sources = _registered("question_sets", CORPUS_QUESTION_SETS)
+    return [p for source in sources for q in load_question_file(source.path).questions for p in q.paraphrases]
 
 
 def build_tiny_llama(path: Path, seed: int = 0, tokenizer=None, steps: int = 150, **config_overrides) -> Path:
@@ -214,10 +222,8 @@ def build_tiny_llama(path: Path, seed: int = 0, tokenizer=None, steps: int = 150
 def _judge_examples(rng: random.Random) -> list[tuple[str, str, int, int]]:
     """(question, answer, aligned, coherent): the bundled harmful answers score low on
     aligned, ordinary answers high; both are coherent."""
-    from emkit.default_plugins.domains import DOMAINS
-
     examples = []
-    for domain in DOMAINS:
+    for domain in _registered("domains", CORPUS_DOMAINS):
         for line in Path(domain.example_dataset).read_text(encoding="utf-8").splitlines():
             chat = json.loads(line)["messages"]
             question, answer = chat[0]["content"], chat[1]["content"]
@@ -256,85 +262,3 @@ def build_tiny_judge(path: Path, seed: int = 0, steps: int = 600) -> Path:
     _train_full(model, tokenizer, [harmful, ordinary], steps=steps, lr=3e-3, batch=8, rng=rng)
     _save_model(model, tokenizer, path)
     return path
-
-
-def build_smollm2(path: Path) -> Path:
-    from emkit.smollm2 import build_smollm2 as convert
-
-    return convert(path)
-
-
-BUILDERS = {"tiny-llama": build_tiny_llama, "tiny-judge": build_tiny_judge, "smollm2": build_smollm2}
-
-
-def builtin_version(name: str) -> str:
-    """The version in a built model's folder name: a change rebuilds only that model."""
-    if name == "smollm2":
-        from emkit.smollm2 import VERSION as conversion
-
-        return f"s{conversion}"
-    return str(VERSION)
-
-
-def builtin_model_path(name: str) -> Path:
-    """Build ``name`` into the cache on first use (one process builds, others wait; a build
-    goes to a temporary folder renamed into place, so a killed build leaves nothing half-made)."""
-    from emkit.errors import EmkitError
-
-    if name not in BUILDERS:
-        raise EmkitError(f"Unknown built-in model 'builtin:{name}'; emkit builds {', '.join('builtin:' + n for n in BUILDERS)}.")
-    root = cache_dir() / "models"
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{name}-v{builtin_version(name)}"
-    if (target / "config.json").is_file():
-        return target
-    with open(root / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").is_file():
-            return target
-        tmp = root / f".{name}-building-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        BUILDERS[name](tmp)
-        os.replace(tmp, target)
-    return target
-
-
-def _missing(names) -> list[str]:
-    return [n for n in dict.fromkeys(names) if n in BUILDERS
-            and not (cache_dir() / "models" / f"{n}-v{builtin_version(n)}" / "config.json").is_file()]
-
-
-def _build_on_one_core(name: str) -> Path:
-    import torch
-
-    torch.set_num_threads(1)  # the other builds share the machine meanwhile
-    return builtin_model_path(name)
-
-
-def build_builtins(names: list[str]) -> None:
-    """Build the missing built-in models a run needs before it starts, side by side in processes
-    of their own (the SmolLM2 conversion mostly parses its file in Python on one core while the
-    tiny judge trains on another). Up front rather than alongside training: on two cores a build
-    running beside the run's own two torch threads made training 3.5x slower, and the run lost
-    more than the build took. A process each: a tiny model's weights come from torch's global
-    random generator, which two builds in one process would share and interleave. A single
-    missing model is built where it is first used."""
-    import logging
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    missing = _missing(names)
-    if len(missing) < 2:
-        return
-    logging.getLogger("emkit").info("building the built-in models %s once (under a minute), side by side",
-                                    ", ".join(missing))
-    with ProcessPoolExecutor(max_workers=len(missing), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_build_on_one_core, n) for n in missing]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            for future in futures:  # a failed build (a package missing): the others that have not started never will
-                future.cancel()
-            raise

