@@ -20,6 +20,9 @@ IMPORT_NOTICES = {
     # bitsandbytes asks the kernels hub for a fused CPU 4-bit matmul: offline, or without the
     # `kernels` package, it uses its own (what emkit measures and tests)
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
+    # ... and with HF_HUB_OFFLINE=1, `kernels` (0.19 on) says it cannot check the kernel's publisher
+    # offline, though the kernel it looked for was only ever in the cache
+    "kernels._internals.hf_hub": ("Skipping publisher trust check for ",),
     # torchao (which unsloth brings) tries each compiled extension; builds for another CUDA or Python fail
     "torchao": ("Failed to load ",),
     # torchao registers its enums the way torch now deprecates
