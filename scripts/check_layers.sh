@@ -4,6 +4,10 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python=${PYTHON:-$root/.venv/bin/python}
+if [ ! -x "$(dirname "$python")/lint-imports" ]; then
+  echo "import-linter is not installed in $(dirname "$(dirname "$python")"); run scripts/install.sh test (make test does) first." >&2
+  exit 2
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$python" "$root/scripts/installed_tree.py" "$work/site" >/dev/null
