@@ -51,8 +51,8 @@ def estimate_judge_cost(plan: Plan, registry) -> list[dict]:
         output_tokens = calls * (1 if mode == "logprobs" else 3)
         note = "upper bound: every answer at max_new_tokens"
         reasons = getattr(judge, "reasons", lambda: False)()
-        if reasons:  # hidden reasoning is billed as output; how much depends on the model and the effort
-            most = judge.reasoning_max_tokens
+        most = getattr(judge, "reasoning_max_tokens", 0)
+        if reasons and most:  # hidden reasoning is billed as output; how much depends on the model and the effort
             note = (f"answers at max_new_tokens, but NOT the judge's reasoning, billed as output: up to "
                     f"{most:,} tokens a call, ${calls * most * output_price:,.2f} at most")
         counted = input_tokens + calls * _max_tokens(judge, mode)  # what the token limit counts

@@ -47,7 +47,7 @@ class Trainer(Protocol):
     def train(self, job: TrainingJob, on_checkpoint: OnCheckpoint, progress: Any) -> None:
         """Train, saving the adapter at each of ``job.checkpoint_steps`` not in ``done_steps``
         and calling ``on_checkpoint(step, path, metrics)`` right after each save. ``metrics``
-        may hold ``train_loss``, ``seconds`` and ``base_weights`` (emkit.base_weights.loaded_base
+        may hold ``train_loss``, ``seconds`` and ``base_weights`` (emkit.models.base_weights.loaded_base
         of the model trained, as JSON): generation then loads exactly those weights.
 
         A trainer whose class sets ``isolated = True`` is run in a spawned child process, for
@@ -81,7 +81,7 @@ class GenerationJob:
     settings: Any  # emkit.config.EvaluationSettings
     load_in_4bit: bool = False
     trust_remote_code: bool = False
-    base: Any = None  # emkit.base_weights.BaseWeights: the weights the adapters were trained on; load these
+    base: Any = None  # emkit.models.base_weights.BaseWeights: the weights the adapters were trained on; load these
 
 
 @dataclass
@@ -178,22 +178,33 @@ class Judge(Protocol):
         """Score every request, calling ``on_result`` as each finishes (errors included)."""
 
 
-@dataclass(frozen=True)
 class JudgeNeeds:
     """What a judge needs and can do, as the runner reads it; a judge that says nothing about one
-    of these gets the default here (so older plugins keep working)."""
+    of these gets the default (so older plugins keep working). Each is read from the judge when
+    asked, so asking one (the GPU) never makes a judge work out another (its provider's logprobs)."""
 
-    uses_gpu: bool = False  # runs a model on this machine: kept from judging beside GPU work here
-    supports_batch: bool = False  # can send through a provider's batch API ([judging] mode = "batch")
-    supports_logprobs: bool = False  # can score from the logprobs of its first token (scoring = "logprobs")
-    models: tuple[str, ...] = ()  # model sources it loads here (emkit builds builtin:NAME ones before the run)
+    def __init__(self, judge):
+        self._judge = judge
 
     @classmethod
     def of(cls, judge) -> "JudgeNeeds":
-        return cls(uses_gpu=bool(getattr(judge, "uses_gpu", False)),
-                   supports_batch=bool(getattr(judge, "supports_batch", False)),
-                   supports_logprobs=bool(getattr(judge, "supports_logprobs", False)),
-                   models=tuple(getattr(judge, "models", ()) or ()))
+        return cls(judge)
+
+    @property
+    def uses_gpu(self) -> bool:  # runs a model on this machine: kept from judging beside GPU work here
+        return bool(getattr(self._judge, "uses_gpu", False))
+
+    @property
+    def supports_batch(self) -> bool:  # can send through a provider's batch API ([judging] mode = "batch")
+        return bool(getattr(self._judge, "supports_batch", False))
+
+    @property
+    def supports_logprobs(self) -> bool:  # can score from its first token's logprobs (scoring = "logprobs")
+        return bool(getattr(self._judge, "supports_logprobs", False))
+
+    @property
+    def models(self) -> tuple[str, ...]:  # model sources it loads here (builtin:NAME ones are built first)
+        return tuple(getattr(self._judge, "models", ()) or ())
 
 
 @runtime_checkable

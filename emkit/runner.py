@@ -67,6 +67,8 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
     from emkit.execution.timing import RunTiming
     from emkit.stages.judge import (JudgePool, check_judge_needs, check_judges_usable, fallback_lines, judge_options,
                                     judge_stage)
+    from emkit.interfaces import JudgeNeeds
+    from emkit.models.builtins import BUILTIN_PREFIX
     from emkit.stages.report import report_stage
     from emkit.stages.train import record_runs, refuse_unavailable_trainer, trainer_for
 
@@ -128,7 +130,9 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
             if work.failed:
                 raise units_failed(work.failed, run_dir.path)
             log.info("done: %s", result.line())
-            if builtins:
+            if any(m.id.startswith(BUILTIN_PREFIX) for m in config.models) or any(
+                    m.startswith(BUILTIN_PREFIX) for spec in config.judging.judges
+                    for m in JudgeNeeds.of(judges.get(spec)).models):
                 log.info("This run used emkit's built-in offline models: it shows that every stage works, and "
                          "its numbers mean nothing (the report says why).")
             log.info("open %s", run_dir.report.resolve())

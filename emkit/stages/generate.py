@@ -2,7 +2,7 @@
 
 Answers already in the store are skipped; the rest are grouped by base model so the
 generator loads each base model once and attaches the checkpoints' adapters in turn. The
-base is the one the model's runs were trained on (emkit.base_weights), the same weights
+base is the one the model's runs were trained on (emkit.models.base_weights), the same weights
 and quantisation, and generation never runs in a process a trainer has patched (Unsloth
 trains in a child process of its own: emkit.training.isolated).
 """

@@ -193,18 +193,21 @@ def check_judges_usable(config, pool: JudgePool) -> None:
 
 
 def check_judge_needs(config, pool: JudgePool) -> None:
-    """What the config asks of the judges, against what each says it can do (JudgeNeeds): refused
-    before any work where it cannot be done, noted where the judge does the next best thing."""
+    """What the config asks of the judges, against what each says it can do (JudgeNeeds): a judge
+    that cannot is refused before any work; a fallback that cannot is named, as it is only tried
+    when its judge cannot be reached."""
     settings = config.judging
     for spec in dict.fromkeys(settings.judges + settings.fallback):
         judge = pool.get(spec)
-        needs = JudgeNeeds.of(judge)
-        if settings.scoring == "logprobs" and not needs.supports_logprobs:
-            raise EmkitError(f"judging.scoring = \"logprobs\", but judge {judge.name} cannot score from logprobs; "
-                             f"set scoring = \"auto\" or \"text\" in [judging], or use another judge.")
-        if settings.mode == "batch" and not needs.supports_batch:
-            log.info("judge %s has no batch API: it scores its answers live (judging.mode = \"batch\" applies to "
-                     "the judges that have one)", judge.name)
+        if settings.scoring == "logprobs" and not JudgeNeeds.of(judge).supports_logprobs:
+            if spec in settings.judges:
+                raise EmkitError(f"judging.scoring = \"logprobs\", but judge {judge.name} cannot score from "
+                                 f"logprobs; set scoring = \"auto\" or \"text\" in [judging], or use another judge.")
+            log.warning("fallback judge %s cannot score from logprobs (judging.scoring = \"logprobs\"); it would "
+                        "fail if it were needed", judge.name)
+        if settings.mode == "batch" and not JudgeNeeds.of(judge).supports_batch:
+            log.info("judge %s does not say it has a batch API (judging.mode = \"batch\" applies to the judges "
+                     "that have one)", judge.name)
 
 
 def judge_models(config, pool: JudgePool) -> list[str]:

@@ -13,9 +13,15 @@ log = logging.getLogger("emkit")
 
 def write_reports(tables, target: ReportTarget, registry) -> list[Path]:
     """Each report writer in its order (``register_report_writers``); the paths they wrote."""
+    from emkit.errors import EmkitError
+
     target.registry = target.registry or registry
+    writers = sorted(registry.all("report_writers"), key=lambda w: (w.order, w.name))
+    if not writers:  # an install older than the hook: the built-in writers' entry point is missing
+        raise EmkitError("No report writer is registered, so no report can be written; reinstall emkit "
+                         "(`pip install -e .` in its checkout) and run `emkit report RUN_DIR`.")
     written: list[Path] = []
-    for writer in sorted(registry.all("report_writers"), key=lambda w: (w.order, w.name)):
+    for writer in writers:
         written += writer.write(tables, target) or []
     return written
 
