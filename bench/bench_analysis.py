@@ -87,7 +87,8 @@ def build_store(run: Path, answers: int) -> None:
         # as `emkit run` records its plan: the tables read the answers the plan asks for
         conn.executemany("INSERT INTO plan_answers VALUES (?)", [(row[0],) for row in answer_rows])
         conn.executemany("INSERT INTO judgments VALUES (?, 'gpt-4o-mini', ?, ?, ?, 'logprobs', '', "
-                         "'gpt-4o-mini-2024-07-18', 'prompts/aligned.j2@x', '', 300, 1, 0.00005, 0, NULL, ?)",
+                         "'gpt-4o-mini-2024-07-18', 'prompts/aligned.j2@x', '', 300, 1, 0.00005, 0, NULL, ?, "
+                         "'gpt-4o-mini')",
                          judgment_rows)
         answer_rows.clear()
         judgment_rows.clear()

@@ -426,6 +426,107 @@ def summary(sources, as_json, em, aligned_below, coherent_above, all_questions):
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--judge", "judges", multiple=True, required=True,
+              help="Judge to score the run's stored answers with (repeatable): gpt-4o-mini, local:PATH_OR_HUB_ID, ...")
+@click.option("--fallback", multiple=True, help="Judge to use only when a --judge cannot be reached or has no key.")
+@click.option("--api-base", help="OpenAI-compatible server for litellm judges.")
+@click.option("--api-key-env", help="Environment variable holding the key for --api-base.")
+@click.option("--allow-insecure-http", is_flag=True, default=None,
+              help="Allow a plain-http --api-base on another machine (judge prompts travel unencrypted).")
+@click.option("--scoring", type=click.Choice(["auto", "logprobs", "text"]))
+@click.option("--judge-mode", type=click.Choice(["live", "batch"]))
+@click.option("--concurrency", type=click.IntRange(min=1))
+@click.pass_context
+def rejudge(ctx, run_dir, judges, fallback, api_base, api_key_env, allow_insecure_http, scoring, judge_mode,
+            concurrency):
+    """Score a run's stored answers with another judge: its judgments are stored beside the old ones
+    (the judge cache is used; a stopped rejudge resumes), and the report sets the judges side by side.
+    Nothing is trained or sampled; the run's other judging settings hold unless an option is given."""
+    from emkit.plugins import get_registry
+    from emkit.progress import progress
+    from emkit.rejudge import rejudge as rejudge_run
+
+    rejudge_run(run_dir, list(judges), get_registry(), progress, fallback=tuple(fallback), api_base=api_base,
+                api_key_env=api_key_env, allow_insecure_http=allow_insecure_http, scoring=scoring,
+                judge_mode=judge_mode, concurrency=concurrency)
+    ctx.invoke(report, sources=(run_dir,), out=None, em=None, aligned_below=None, coherent_above=None,
+               all_questions=False)
+
+
+def agreement_records(tables) -> dict:
+    """The judges against people (emkit.analysis.human) as plain records, for --json and the text table."""
+    def records(frame):
+        return json.loads(frame.to_json(orient="records")) if len(frame) else []
+
+    return {"em_definition": tables.em.describe(), "labels": int(len(tables.labels)),
+            "labellers": sorted(map(str, tables.labels["labeller"].unique())) if len(tables.labels) else [],
+            "pairs": records(tables.human_agreement), "alpha": tables.rater_alphas,
+            "judge_errors": records(tables.judge_errors), "corrected": records(tables.corrected)}
+
+
+def _with_interval(row: dict, name: str, scale: float = 1.0, digits: int = 2) -> str:
+    value, low, high = row.get(name), row.get(f"{name}_low"), row.get(f"{name}_high")
+    if value is None:
+        return "–"
+    text = f"{scale * value:.{digits}f}"
+    return text + (f" [{scale * low:.{digits}f}, {scale * high:.{digits}f}]" if low is not None and high is not None
+                   else "")
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Every statistic with its interval, as JSON.")
+@em_options
+def agreement(source, as_json, em, aligned_below, coherent_above, all_questions):
+    """Compare each judge with the people who labelled a run's answers (`emkit label`), and people with
+    each other: Spearman, mean absolute difference, Cohen's kappa, sensitivity and specificity of the
+    misaligned call with bootstrap 95% intervals; Krippendorff's alpha; each checkpoint's EM rate
+    corrected for the judge's errors."""
+    from emkit.analysis import load_sources
+    from emkit.errors import EmkitError
+
+    tables = load_sources([source], _em_option(em, aligned_below, coherent_above), all_questions=all_questions)
+    if tables.labels.empty:
+        raise EmkitError(f"{source} has no labels of its answers; label some with `emkit label {source} --labeller "
+                         f"NAME` or import a CSV with `emkit label import {source} FILE.csv`.")
+    data = agreement_records(tables)
+    if as_json:
+        _echo_json(data)
+        return
+    click.echo(f"{data['labels']} labels by {', '.join(data['labellers'])}; misaligned = {data['em_definition']}; "
+               f"95% intervals: percentile bootstrap over the labelled answers")
+    click.echo(f"{'rater':<28} {'against':<12} {'n':>4}  {'Spearman aligned':<19} {'|diff| aligned':<19} "
+               f"{'kappa':<19} {'sensitivity':<19} {'specificity':<19} confusion (both/only person/only rater/neither)")
+    for row in data["pairs"]:
+        click.echo(f"{row['rater']:<28} {row['reference']:<12} {row['n_common']:>4}  "
+                   f"{_with_interval(row, 'spearman_aligned'):<19} {_with_interval(row, 'mad_aligned', digits=1):<19} "
+                   f"{_with_interval(row, 'kappa'):<19} {_with_interval(row, 'sensitivity'):<19} "
+                   f"{_with_interval(row, 'specificity'):<19} {row.get('both_misaligned', 0)}/"
+                   f"{row.get('only_reference', 0)}/{row.get('only_other', 0)}/{row.get('neither', 0)}")
+    alpha = data["alpha"]
+    if alpha:
+        def shown(value):
+            return "–" if value is None or value != value else f"{value:.2f}"
+
+        click.echo(f"Krippendorff's alpha across {alpha['raters']} raters and {alpha['answers']} answers: aligned "
+                   f"{shown(alpha['alpha_aligned'])}, coherent {shown(alpha['alpha_coherent'])}, misaligned call "
+                   f"{shown(alpha['alpha_misaligned'])}")
+    for row in data["judge_errors"]:
+        if row["reason"]:
+            click.echo(f"corrected EM rate, {row['judge']}: {row['reason']}")
+            continue
+        click.echo(f"corrected EM rate, {row['judge']} (sensitivity {row['sensitivity']:.2f}, specificity "
+                   f"{row['specificity']:.2f} on {row['n_labelled']} labelled answers it counts, weighted to the "
+                   f"judged ones):")
+        for step in (r for r in data["corrected"] if r["judge"] == row["judge"]):
+            raw = "–" if step["em_rate"] is None else f"{100 * step['em_rate']:.1f}%"
+            click.echo(f"  {step.get('model', '')} {step.get('domain', '')} seed {step.get('seed', '')} "
+                       f"{step.get('questions', '')} step {step.get('step', '')}: raw {raw}, corrected "
+                       f"{_with_interval(step, 'corrected', scale=100, digits=1)}%")
+
+
+@cli.command()
 @click.argument("run_a", type=click.Path(path_type=Path))
 @click.argument("run_b", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the table: .csv or .json.")
@@ -470,6 +571,121 @@ def compare(run_a, run_b, out, em, aligned_below, coherent_above, all_questions)
         else:
             raise EmkitError(f"--out {out}: name a .csv or .json file.")
         click.echo(f"wrote {out}", err=True)
+
+
+# --- label ------------------------------------------------------------------------------
+
+
+class _DefaultCommandGroup(click.Group):
+    """A group whose first argument, when it names none of its commands, goes to its default
+    command: `emkit label RUN ...` is `emkit label serve RUN ...`, beside `emkit label import`."""
+
+    default_command = "serve"
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_DefaultCommandGroup, subcommand_metavar="SOURCE | import | export ...")
+def label():
+    """Label answers yourself, to check the judges against people.
+
+    \b
+      emkit label SOURCE --labeller NAME    serve the labelling page and open it (= emkit label serve)
+      emkit label import SOURCE FILE.csv    keep labels made elsewhere
+      emkit label export SOURCE FILE.csv    write every label of SOURCE as CSV
+
+    SOURCE is a run directory (labels go into its emkit.sqlite) or one judged file (labels go
+    beside it, into FILE.labels.sqlite). The page shows one answer at a time, blind to every
+    judge's score, from a sample stratified over model, checkpoint and the primary judge's
+    aligned score; each label is saved the moment it is given, and the same command resumes.
+    A labels CSV has the columns answer_id (or id), labeller, aligned, coherent, and optionally
+    refusal and code (1 or 0). `emkit agreement SOURCE` then compares the judges with people.
+    `emkit label serve --help` lists the page's options (--n, --same-as, --port, --no-browser).
+    """
+
+
+def _label_tables(source: Path):
+    """The source's tables (texts left in a run's store), after checking it is one run or one file."""
+    from emkit.analysis import load_source
+    from emkit.labels import labels_path
+
+    labels_path(source)  # a run directory or one judged file, else one sentence saying so
+    return load_source(source, text=False)
+
+
+@label.command("serve")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--labeller", help="Your name (default: the page asks for it).")
+@click.option("--n", "n", type=click.IntRange(min=1),
+              help="Answers in the sample. Default: 200 for a new labeller; a larger --n extends a sample.")
+@click.option("--same-as", metavar="NAME", help="Give the labeller NAME's sample: the same answers in the same order.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample (with the labeller's name).")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port; 0: any free one.")
+@click.option("--no-browser", is_flag=True, help="Print the page's URL only (for scripts and tests).")
+def label_serve(source, labeller, n, same_as, seed, port, no_browser):
+    """Serve the labelling page on localhost and open it; Ctrl-C stops."""
+    import webbrowser
+
+    from emkit.labelling.sample import answer_strata, queue_of
+    from emkit.labelling.server import Labelling, clean_labeller, make_server, serve
+    from emkit.labels import LabelStore
+
+    if n is not None and same_as:
+        raise EmkitError("--n and --same-as do not go together: --same-as gives NAME's sample as it is.")
+    tables = _label_tables(source)
+    strata = answer_strata(tables.judged, tables.primary_judge)
+    if strata.empty:
+        raise EmkitError(f"{source} has no judged answers to label; judge its answers first.")
+    if same_as:
+        with LabelStore(source) as store:
+            queue_of(store, same_as)
+    labelling = Labelling(source, tables, strata, n=n, same_as=same_as, seed=seed)
+    server = make_server(labelling, port, say=click.echo)
+    if labeller:
+        labeller = clean_labeller(labeller)
+        added = labelling.begin(labeller)
+        labelled, total = labelling.progress(labeller)
+        if same_as:
+            drawn = f" ({same_as}'s sample)"
+        else:
+            drawn = f" ({added} drawn now, over {strata['stratum'].nunique()} strata)" if added else ""
+        click.echo(f"{labeller}: {labelled} of {total} labelled{drawn}.")
+    url = server.url(labeller)
+    click.echo(f"Labelling page: {url}")
+    click.echo("Every label is saved the moment it is given; Ctrl-C stops, and the same command resumes.")
+    if not no_browser:
+        webbrowser.open(url)
+    serve(server, say=click.echo)
+
+
+@label.command("import", short_help="Keep the labels of a CSV (every row checked first).")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("csv_file", metavar="FILE.csv", type=click.Path(dir_okay=False, path_type=Path))
+def label_import(source, csv_file):
+    """Keep the labels of a CSV: answer_id (or id), labeller, aligned, coherent; refusal, code optional.
+    Every row is checked first; one bad row keeps none."""
+    from emkit.labels import LabelStore, read_labels_csv
+
+    known = set(_label_tables(source).judged["answer_id"].astype(str))
+    labels = read_labels_csv(csv_file, known)
+    with LabelStore(source) as store:
+        count = store.add_many(labels)
+    click.echo(f"Kept {count} label{'s' if count != 1 else ''} from {csv_file} in {store.path}.")
+
+
+@label.command("export", short_help="Write every label of SOURCE as CSV.")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("csv_file", metavar="FILE.csv", type=click.Path(dir_okay=False, path_type=Path))
+def label_export(source, csv_file):
+    """Write every label of SOURCE as CSV (answer_id, labeller, aligned, coherent, refusal, code, created_at)."""
+    from emkit.labels import LabelStore
+
+    with LabelStore(source, create=False) as store:
+        count = store.export_csv(csv_file)
+    click.echo(f"Wrote {count} label{'s' if count != 1 else ''} to {csv_file}.")
 
 
 # --- data, questions, new-domain -------------------------------------------------------

@@ -32,7 +32,8 @@ class Collected:
     """Stands in for the run store: keeps each result by (row, judge, metric)."""
     results: dict[tuple[str, str, str], JudgeResult] = field(default_factory=dict)
 
-    def add_judgment(self, answer_id, judge, metric, result, prompt_version, request_key, from_cache) -> None:
+    def add_judgment(self, answer_id, judge, metric, result, prompt_version, request_key, from_cache,
+                     requested_model=None) -> None:
         self.results[(answer_id, judge, metric)] = result
 
 
@@ -124,6 +125,9 @@ def judge_file(path: Path, out: Path, judges: list[str], options: JudgeOptions, 
             result[f"{prefix}{metric}"] = pd.Series(scores, dtype="float64")
             result[f"{prefix}{metric}_status"] = statuses
         result[f"{prefix}judge"] = name
+        # the model the provider says answered (a dated snapshot), of the first metric's judgment
+        served = [collected.results.get((str(row), name, metrics[0])) for row in range(len(frame))]
+        result[f"{prefix}judge_model"] = [judged.judge_model if judged is not None else "" for judged in served]
     _write(result, out)
     if failure is not None:
         raise failure

@@ -111,6 +111,19 @@ class RunDirectory:
             raise
         return self
 
+    def attach(self) -> "RunDirectory":
+        """Open an existing run's store under the run's lock, leaving its config as it is (emkit rejudge)."""
+        if not (self.path / STORE_FILE).is_file():
+            raise EmkitError(f"{self.path} is not an emkit run directory (no {STORE_FILE}); pass the --out directory "
+                             f"of an `emkit run`.")
+        self._lock()
+        try:
+            self.store = Store(self.path / STORE_FILE)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
     def close(self) -> None:
         if self.store is not None:
             self.store.close()

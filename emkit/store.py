@@ -16,6 +16,17 @@ from typing import Iterable
 
 STORE_FILE = "emkit.sqlite"
 
+# People's labels (emkit.labels): in a run's store, and alone in the label store beside a judged file.
+LABEL_TABLES = """
+    CREATE TABLE labels (
+        answer_id TEXT NOT NULL, labeller TEXT NOT NULL, aligned REAL, coherent REAL,
+        refusal INTEGER NOT NULL DEFAULT 0, code INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL,
+        PRIMARY KEY (answer_id, labeller));
+    CREATE TABLE label_queue (
+        labeller TEXT NOT NULL, position INTEGER NOT NULL, answer_id TEXT NOT NULL, stratum TEXT,
+        PRIMARY KEY (labeller, position));
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
@@ -103,6 +114,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         # ones the current config asks for, and say how many others are kept.
         """
         CREATE TABLE plan_answers (answer_id TEXT PRIMARY KEY) WITHOUT ROWID;
+        """,
+    ),
+    (
+        7,
+        # People's labels of answers (emkit.labels, `emkit label`), and the model each judgment was
+        # asked of beside the one the provider says answered (judge_model: a dated snapshot).
+        LABEL_TABLES + """
+        ALTER TABLE judgments ADD COLUMN requested_model TEXT;
         """,
     ),
 ]
@@ -287,15 +306,17 @@ class Store:
         return {(r[0], r[1]) for r in rows}
 
     def add_judgment(self, answer_id: str, judge: str, metric: str, result, prompt_version: str,
-                     request_key: str, from_cache: bool) -> None:
+                     request_key: str, from_cache: bool, requested_model: str | None = None) -> None:
+        """A judgment: ``result.judge_model`` is the model the provider says answered (a dated
+        snapshot), ``requested_model`` the one it was asked for."""
         self.conn.execute(
             """INSERT OR REPLACE INTO judgments (answer_id, judge, metric, score, status, scoring, raw,
-               judge_model, prompt_version, request_key, input_tokens, output_tokens, cost_usd, from_cache,
-               error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               judge_model, requested_model, prompt_version, request_key, input_tokens, output_tokens, cost_usd,
+               from_cache, error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 answer_id, judge, metric, result.score, result.status, result.scoring, result.raw,
-                result.judge_model, prompt_version, request_key, result.input_tokens, result.output_tokens,
-                result.cost_usd, int(from_cache), result.error or None, now(),
+                result.judge_model, requested_model, prompt_version, request_key, result.input_tokens,
+                result.output_tokens, result.cost_usd, int(from_cache), result.error or None, now(),
             ),
         )
 

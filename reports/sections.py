@@ -148,6 +148,16 @@ def _agreement(context):
     return {"rows": context.tables.agreement.to_dict("records"), "worst": worst.to_dict("records")}
 
 
+def _people(context):
+    tables = context.tables
+    if tables.labels.empty:
+        return None
+    return {"pairs": tables.human_agreement.to_dict("records"), "alpha": tables.rater_alphas,
+            "judges": tables.judge_errors.to_dict("records"), "corrected": tables.corrected.to_dict("records"),
+            "n_labels": len(tables.labels), "n_answers": tables.labels["answer_id"].nunique(), "labellers": sorted(map(str, tables.labels["labeller"].unique())),
+            "definition": tables.em.describe()}
+
+
 def _examples(context):
     from emkit.reports.html import example_answers
 
@@ -177,6 +187,7 @@ SECTIONS = [
     TemplateSection("seeds", "Across seeds", 40, "section_seeds.html.j2", _seeds),
     TemplateSection("questions", "Per question", 50, "section_questions.html.j2", _questions),
     TemplateSection("agreement", "Judge agreement", 60, "section_agreement.html.j2", _agreement),
+    TemplateSection("people", "Judges against people", 62, "section_people.html.j2", _people),
     TemplateSection("examples", "Most misaligned coherent answers", 70, "section_examples.html.j2", _examples),
     TemplateSection("answers", "Answers", 90, "section_answers.html.j2", _answers),
 ]

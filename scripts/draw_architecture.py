@@ -26,6 +26,8 @@ BEGIN, END = "<!-- picture: drawn by scripts/draw_architecture.py -->", "<!-- en
 ROOMS = {
     "cli": ["emkit.cli"],
     "refine": ["emkit.refine"],
+    "rejudge": ["emkit.rejudge"],
+    "labelling": ["emkit.labelling"],
     "runner": ["emkit.runner"],
     "execution": ["emkit.execution"],
     "stages": ["emkit.stages"],
@@ -34,7 +36,7 @@ ROOMS = {
     "analysis": ["emkit.analysis"],
     "plan": ["emkit.plan"],
     "models": ["emkit.models"],
-    "store": ["emkit.store", "emkit.rundir"],
+    "store": ["emkit.store", "emkit.rundir", "emkit.labels"],
     "registry": ["emkit.plugins"],
 }
 PLUGIN_ROOMS = {
@@ -45,6 +47,8 @@ PLUGIN_ROOMS = {
 LABELS = {
     "cli": "cli: emkit run, report, status, ...",
     "refine": "refine: checkpoints where EM emerges",
+    "rejudge": "rejudge: stored answers, another judge",
+    "labelling": "labelling: people label answers (emkit label)",
     "runner": "runner: plan → units → judge → report",
     "execution": "execution: units on local, local-gpus, slurm, ...",
     "stages": "stages: train, generate, judge, report",
@@ -53,7 +57,7 @@ LABELS = {
     "analysis": "analysis: loading, statistics, tables, change points",
     "plan": "plan: config → runs, checkpoints, answers",
     "models": "models: hub ids, paths, built-ins, base weights",
-    "store": "store: SQLite, run directory",
+    "store": "store: SQLite, run directory, labels",
     "registry": "registry: plugins by kind (pluggy)",
     "built-in plugins": "plugins/: trainers, generators, executors, domains, question sets",
     "judges": "judges/: litellm, local",

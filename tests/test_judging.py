@@ -64,7 +64,7 @@ class Collect:
     def __init__(self):
         self.results = {}
 
-    def add_judgment(self, answer_id, judge, metric, result, prompt_version, request_key, from_cache):
+    def add_judgment(self, answer_id, judge, metric, result, prompt_version, request_key, from_cache, requested_model=None):
         self.results[(answer_id, metric)] = (result, from_cache)
 
 

@@ -100,8 +100,10 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True, all_que
     report fetches the few it shows through ``RunTables.with_text``), which is what makes a
     million answers fit in seconds and a fraction of the memory."""
     read = read_run(run_dir)
+    from emkit.labels import read_labels
+
     tables = build_tables(read.judged, em_from_config(read.config, em, all_questions), read.info, text_loader=read.text_loader,
-                          adapter_loader=read.adapter_loader)
+                          adapter_loader=read.adapter_loader, labels=read_labels(Path(run_dir)))
     return tables.with_all_text() if text else tables
 
 
@@ -129,6 +131,12 @@ def read_run(run_dir) -> RunRead:
                       SUM(CASE WHEN from_cache THEN 0 ELSE output_tokens END) AS output_tokens,
                       SUM(from_cache) AS from_cache
                FROM judgments GROUP BY judge, metric, judge_model, prompt_version, scoring""")
+        # which model answered each judge, as the provider named it (a dated snapshot), and how many answers each
+        snapshots = reader.frame(
+            f"""SELECT judge, {reader.column_or_null('judgments', 'requested_model')}, judge_model,
+                      COUNT(DISTINCT answer_id) AS answers, MIN(created_at) AS first, MAX(created_at) AS last
+               FROM judgments WHERE status != 'error' GROUP BY judge, requested_model, judge_model
+               ORDER BY judge, first""")
         runs = reader.frame(
             f"""SELECT run_key, model_label, domain, seed AS seed_run, trainer, dataset_path, dataset_sha256,
                       dataset_rows, steps_per_epoch, total_steps, checkpoint_steps, question_sets,
@@ -163,6 +171,7 @@ def read_run(run_dir) -> RunRead:
         "models": models.to_dict("records"),
         "runs": runs.drop(columns=["question_sets"]).rename(columns={"seed_run": "seed"}).to_dict("records"),
         "judges": judge_info.to_dict("records"),
+        "snapshots": snapshots.to_dict("records"),
         "checkpoints": checkpoints.drop(columns="adapter_path").to_dict("records"),
         "answers_total": answers.num_rows,
         # stored but not asked for by the current plan (nor superseded): out of every table

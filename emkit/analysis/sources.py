@@ -230,9 +230,15 @@ def load_sources(paths, em: EMDefinition | None = None, text: bool = False, all_
     renames = keep_runs_apart(parts)
     step_files = [_renamed(f, renames, "model", "domain") for f in step_files]
     rates_files = [_renamed(f, renames, "model_size", None, whole_tree=True) for f in rates_files]
-    if len(parts) > 1:
-        for source, judged in parts:
+    from emkit.labels import read_labels
+
+    labels = []
+    for source, judged in parts:
+        own = read_labels(source.path)
+        if len(parts) > 1:
             judged["answer_id"] = source.name + ":" + judged["answer_id"].astype(str)
+            own["answer_id"] = source.name + ":" + own["answer_id"].astype(str)
+        labels.append(own)
     judged = _expand_file_baselines(pd.concat([frame for _, frame in parts], ignore_index=True))
     # a tree's own summaries are read as what it published, not passed over
     used = {str(Path(f["file"].iloc[0]).resolve()) for f in step_files + rates_files}
@@ -251,7 +257,8 @@ def load_sources(paths, em: EMDefinition | None = None, text: bool = False, all_
         "answers_kept": sum(i.get("answers_kept", 0) for i in infos),
         "versions": library_versions(),
     }
-    tables = build_tables(judged, em_from_config(config, em, all_questions), info)
+    labels = pd.concat([part for part in labels if len(part)] or labels[:1], ignore_index=True)
+    tables = build_tables(judged, em_from_config(config, em, all_questions), info, labels=labels)
     if step_files or rates_files:
         tables.published = check_published(step_files, rates_files, tables.course_steps, tables.course_summary)
     return tables

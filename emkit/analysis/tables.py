@@ -53,6 +53,12 @@ class RunTables:
     course_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     # the numbers a results tree published beside its files, next to emkit's (course layout)
     published: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # people's labels (emkit.labels) and the judges measured against them (emkit.analysis.human)
+    labels: pd.DataFrame = field(default_factory=pd.DataFrame)
+    human_agreement: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rater_alphas: dict = field(default_factory=dict)
+    corrected: pd.DataFrame = field(default_factory=pd.DataFrame)
+    judge_errors: pd.DataFrame = field(default_factory=pd.DataFrame)
     _adapter_tables: tuple | None = field(default=None, repr=False)
 
     @property
@@ -249,7 +255,8 @@ def with_question_groups(per_question: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_tables(judged: pd.DataFrame, em: EMDefinition, info: dict | None = None,
-                 text_loader: Callable | None = None, adapter_loader: Callable | None = None) -> RunTables:
+                 text_loader: Callable | None = None, adapter_loader: Callable | None = None,
+                 labels: pd.DataFrame | None = None) -> RunTables:
     from emkit.analysis.changepoints import report_change_points
 
     judged = add_flags(judged, em)
@@ -276,10 +283,25 @@ def build_tables(judged: pd.DataFrame, em: EMDefinition, info: dict | None = Non
     from emkit.analysis.course import course_steps, course_summary
 
     course = course_steps(judged)
-    return RunTables(
+    tables = RunTables(
         judged=judged, steps=steps, by_question_set=by_set, questions=finish(per_question),
         summary=run_summary(steps), seeds=seeds, agreement=agreement,
         disagreements=disagreements, em=em, info=info or {}, text_loader=text_loader, change_points=changes,
         question_counts=trajectories, adapter_loader=adapter_loader,
         course_steps=course, course_summary=course_summary(course),
     )
+    if labels is not None and len(labels):
+        measure_against_people(tables, labels)
+    return tables
+
+
+def measure_against_people(tables: RunTables, labels: pd.DataFrame) -> None:
+    """The judges measured against people's labels of the source's answers (emkit.analysis.human)."""
+    from emkit.analysis.human import corrected_rates, human_agreement
+
+    judged = tables.judged
+    labels = labels[labels["answer_id"].astype(str).isin(set(judged["answer_id"].astype(str)))].reset_index(drop=True)
+    tables.labels = labels
+    tables.human_agreement, tables.rater_alphas = human_agreement(judged, labels, tables.em, tables.primary_judge)
+    tables.corrected, tables.judge_errors = corrected_rates(tables.steps, judged, labels, tables.em,
+                                                           tables.primary_judge)

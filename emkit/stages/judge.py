@@ -108,6 +108,7 @@ def score_targets(judge, targets: list[JudgeTarget], store, cache: JudgeCache, p
     """Score targets with one judge: cache first, identical prompts once, results stored as they come."""
     tally = JudgeTally(judge.name)
     mode = judge.scoring_mode()
+    requested = getattr(judge, "model", None) or judge.name  # stored beside the snapshot that answered
     by_key: dict[str, list[JudgeTarget]] = defaultdict(list)
     for target in targets:
         by_key[request_key(judge.identity, mode, target.metric, target.prompt)].append(target)
@@ -120,7 +121,7 @@ def score_targets(judge, targets: list[JudgeTarget], store, cache: JudgeCache, p
             return
         for target in by_key[key]:
             store.add_judgment(target.answer_id, judge.name, target.metric, result, target.prompt_version, key,
-                               from_cache)
+                               from_cache, requested)
             tally.statuses[result.status] += 1
             tally.from_cache += int(from_cache)
         if not from_cache:
