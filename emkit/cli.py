@@ -366,7 +366,9 @@ def summary_records(tables) -> list[dict]:
 
 def _summary_notes(tables) -> list[str]:
     """What a reader of the summary must know about where its rows come from."""
-    notes = []
+    from emkit.analysis.runs import snapshot_changes
+
+    notes = snapshot_changes(tables.info.get("snapshots", []))
     for source in tables.info.get("sources", []):
         if source["kind"] == "file" or len(tables.info.get("sources", [])) > 1:
             notes.append(f"source {source['name']}: {source['rule']}")

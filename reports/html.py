@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from emkit.analysis import RunTables
+from emkit.analysis.runs import snapshot_changes
 from emkit.atomic import write_bytes_atomic, write_text_atomic
 
 NARROW_INTERVAL_N = 30  # fewer counted answers than this: the interval is too wide to read much into
@@ -124,7 +125,7 @@ def warnings_for(tables: RunTables) -> list[str]:
             notes.append(f"{len(small)} of {len(steps)} checkpoint rates rest on fewer than {NARROW_INTERVAL_N} "
                          f"scored answers; their 95% intervals are up to {100 * widest:.0f} points wide. Sample more "
                          f"answers per question (evaluation.samples_per_question) for firmer numbers.")
-    notes += snapshot_changes(tables.info.get("snapshots", []))
+    notes += snapshot_changes(tables.info.get("snapshots", []))  # one judge name, several models behind it
     judged = tables.judged
     for judge, part in judged.groupby("judge") if len(judged) else []:
         total = len(part)
@@ -143,24 +144,6 @@ def warnings_for(tables: RunTables) -> list[str]:
         if blank:
             notes.append(f"{blank} answers have no aligned score from {judge} in the file (a blank cell, as the "
                          f"papers write for a refusal or CODE); they are counted as 'no score', never misaligned.")
-    return notes
-
-
-def snapshot_changes(snapshots: list[dict]) -> list[str]:
-    """A warning for each judge that more than one model snapshot answered: its scores are not of one judge."""
-    by_judge: dict[str, list[dict]] = {}
-    for row in snapshots:
-        by_judge.setdefault(str(row["judge"]), []).append(row)
-    notes = []
-    for judge, rows in by_judge.items():
-        served = [r for r in rows if r.get("judge_model")]
-        if len({r["judge_model"] for r in served}) < 2:
-            continue
-        parts = ", ".join(f"{r['judge_model']} judged {int(r['answers']):,} answers ({str(r['first'])[:10]} to "
-                          f"{str(r['last'])[:10]})" for r in served)
-        notes.append(f"The model behind judge {judge} changed part-way: {parts}. Providers serve a name such as "
-                     f"gpt-4o-mini by dated snapshots; scores from different snapshots are not of one judge. Pin a "
-                     f"dated snapshot, or re-score every answer with one (`emkit rejudge`).")
     return notes
 
 

@@ -145,7 +145,21 @@ def _agreement(context):
         return None
     worst = context.tables.disagreements.head(20)
     worst = context.tables.with_text(worst) if len(worst) else worst
-    return {"rows": context.tables.agreement.to_dict("records"), "worst": worst.to_dict("records")}
+    return {"rows": context.tables.agreement.to_dict("records"), "worst": worst.to_dict("records"),
+            **_rates_by_judge(context.tables.steps)}
+
+
+def _rates_by_judge(steps):
+    """Each checkpoint's EM rate (all questions) under every judge, side by side: a row per checkpoint."""
+    steps = steps[steps["questions"].astype(str) == "all"]
+    judges = sorted(steps["judge"].dropna().unique())
+    keys = ["model", "domain", "seed", "step"]
+    by_cell: dict[tuple, dict] = {}
+    for row in steps.to_dict("records"):
+        cell = by_cell.setdefault(tuple(row[k] for k in keys), dict(zip(keys, (row[k] for k in keys))))
+        cell[row["judge"]] = row
+    order = sorted(by_cell, key=lambda k: (str(k[0]), str(k[1]), int(k[2]), int(k[3])))
+    return {"judges": judges, "cells": [by_cell[key] for key in order]}
 
 
 def _people(context):

@@ -51,6 +51,29 @@ def em_from_config(config: dict, override: EMDefinition | None, all_questions: b
     return replace(override, every_question=True) if all_questions else override
 
 
+def snapshot_changes(snapshots: list[dict]) -> list[str]:
+    """A warning for each judge that more than one model snapshot answered (from ``info["snapshots"]``):
+    its scores are not of one judge."""
+    by_judge: dict[str, dict[str, dict]] = {}
+    for row in snapshots:  # one row per judge and snapshot of each source: several sources add up
+        if not row.get("judge_model"):
+            continue
+        seen = by_judge.setdefault(str(row["judge"]), {}).setdefault(
+            str(row["judge_model"]), {"answers": 0, "first": str(row["first"]), "last": str(row["last"])})
+        seen["answers"] += int(row["answers"])
+        seen["first"], seen["last"] = min(seen["first"], str(row["first"])), max(seen["last"], str(row["last"]))
+    notes = []
+    for judge, served in by_judge.items():
+        if len(served) < 2:
+            continue
+        parts = ", ".join(f"{model} judged {seen['answers']:,} answers ({seen['first'][:10]} to {seen['last'][:10]})"
+                          for model, seen in sorted(served.items(), key=lambda item: item[1]["first"]))
+        notes.append(f"The model behind judge {judge} changed part-way: {parts}. Providers serve a name such as "
+                     f"gpt-4o-mini by dated snapshots; scores from different snapshots are not of one judge. Pin a "
+                     f"dated snapshot, or re-score every answer with one (`emkit rejudge`).")
+    return notes
+
+
 def question_groups(judged: pd.DataFrame, runs: pd.DataFrame):
     """"domain" for an answer to its run's domain's own question set, "general" for any other."""
     own = {(row.model_label, row.domain): row.domain_question_set for row in runs.itertuples()}

@@ -253,6 +253,7 @@ def load_sources(paths, em: EMDefinition | None = None, text: bool = False, all_
         "models": [m for i in infos for m in i.get("models", [])],
         "runs": [r for i in infos for r in i.get("runs", [])],
         "judges": [j for i in infos for j in i.get("judges", [])],
+        "snapshots": [j for i in infos for j in i.get("snapshots", [])],
         "answers_total": sum(i.get("answers_total", 0) for i in infos),
         "answers_kept": sum(i.get("answers_kept", 0) for i in infos),
         "versions": library_versions(),
