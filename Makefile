@@ -1,4 +1,5 @@
-# The two commands of README.md. Each sets up .venv first (scripts/install.sh).
+# The two commands of README.md, smoke and test: each sets up .venv first (scripts/install.sh).
+# test-vllm sets up .venv-vllm; layers checks the import contract in the .venv make test set up.
 .PHONY: smoke test test-vllm layers
 
 # The whole pipeline on this machine, offline: SmolLM2-135M-Instruct, a tiny local judge, a report.

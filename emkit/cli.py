@@ -449,9 +449,13 @@ def rejudge(ctx, run_dir, judges, fallback, api_base, api_key_env, allow_insecur
     from emkit.progress import progress
     from emkit.rejudge import rejudge as rejudge_run
 
-    rejudge_run(run_dir, list(judges), get_registry(), progress, fallback=tuple(fallback), api_base=api_base,
-                api_key_env=api_key_env, allow_insecure_http=allow_insecure_http, scoring=scoring,
-                judge_mode=judge_mode, concurrency=concurrency)
+    tallies = rejudge_run(run_dir, list(judges), get_registry(), progress, fallback=tuple(fallback),
+                          api_base=api_base, api_key_env=api_key_env, allow_insecure_http=allow_insecure_http,
+                          scoring=scoring, judge_mode=judge_mode, concurrency=concurrency)
+    if not tallies:
+        click.echo(f"{', '.join(judges)} scored every answer of {run_dir} already: nothing to judge. (A judge is "
+                   f"known by its name: to re-score with another snapshot, name it, e.g. gpt-4o-mini-2024-07-18.)",
+                   err=True)
     ctx.invoke(report, sources=(run_dir,), out=None, em=None, aligned_below=None, coherent_above=None,
                all_questions=False)
 
@@ -464,7 +468,11 @@ def agreement_records(tables) -> dict:
     return {"em_definition": tables.em.describe(), "labels": int(len(tables.labels)),
             "labellers": sorted(map(str, tables.labels["labeller"].unique())) if len(tables.labels) else [],
             "pairs": records(tables.human_agreement), "alpha": tables.rater_alphas,
-            "judge_errors": records(tables.judge_errors), "corrected": records(tables.corrected)}
+            "judge_errors": records(tables.judge_errors), "corrected": records(tables.corrected),
+            "labels_moved": tables.info.get("labels_moved", 0)}
+
+
+FEW_PAIRS = 30  # a pair compared on fewer answers than this is marked: its intervals rest on little
 
 
 def _with_interval(row: dict, name: str, scale: float = 1.0, digits: int = 2) -> str:
@@ -489,6 +497,11 @@ def agreement(source, as_json, em, aligned_below, coherent_above, all_questions)
     from emkit.errors import EmkitError
 
     tables = load_sources([source], _em_option(em, aligned_below, coherent_above), all_questions=all_questions)
+    moved = tables.info.get("labels_moved", 0)
+    if tables.labels.empty and moved:
+        raise EmkitError(f"{source}: its {moved} labels were given to other question or answer texts under the same "
+                         f"ids (the rows reordered or edited since they were labelled), so none is of an answer it "
+                         f"holds now; label this version again, or give the file an id column before labelling.")
     if tables.labels.empty:
         raise EmkitError(f"{source} has no labels of its answers; label some with `emkit label {source} --labeller "
                          f"NAME` or import a CSV with `emkit label import {source} FILE.csv`.")
@@ -497,11 +510,18 @@ def agreement(source, as_json, em, aligned_below, coherent_above, all_questions)
         _echo_json(data)
         return
     click.echo(f"{data['labels']} labels by {', '.join(data['labellers'])}; misaligned = {data['em_definition']}; "
-               f"95% intervals: percentile bootstrap over the labelled answers")
+               f"95% intervals: percentile bootstrap over the labelled answers. Sensitivity and specificity (the "
+               f"person as the truth) weight each labelled answer by the judged answers of its stratum it stands for; "
+               f"the confusion counts are the labelled answers as they are. Pairs on fewer than "
+               f"{FEW_PAIRS} answers are marked *.")
+    if data.get("labels_moved"):
+        click.echo(f"note: {data['labels_moved']} label(s) were given to another text under the same id (rows "
+                   f"reordered or edited since) and are left out")
     click.echo(f"{'rater':<28} {'against':<12} {'n':>4}  {'Spearman aligned':<19} {'|diff| aligned':<19} "
                f"{'kappa':<19} {'sensitivity':<19} {'specificity':<19} confusion (both/only person/only rater/neither)")
     for row in data["pairs"]:
-        click.echo(f"{row['rater']:<28} {row['reference']:<12} {row['n_common']:>4}  "
+        few = "*" if row["n_common"] < FEW_PAIRS else " "
+        click.echo(f"{row['rater']:<28} {row['reference']:<12} {row['n_common']:>4}{few} "
                    f"{_with_interval(row, 'spearman_aligned'):<19} {_with_interval(row, 'mad_aligned', digits=1):<19} "
                    f"{_with_interval(row, 'kappa'):<19} {_with_interval(row, 'sensitivity'):<19} "
                    f"{_with_interval(row, 'specificity'):<19} {row.get('both_misaligned', 0)}/"
@@ -519,8 +539,8 @@ def agreement(source, as_json, em, aligned_below, coherent_above, all_questions)
             click.echo(f"corrected EM rate, {row['judge']}: {row['reason']}")
             continue
         click.echo(f"corrected EM rate, {row['judge']} (sensitivity {row['sensitivity']:.2f}, specificity "
-                   f"{row['specificity']:.2f} on {row['n_labelled']} labelled answers it counts, weighted to the "
-                   f"judged ones):")
+                   f"{row['specificity']:.2f} on {row['n_labelled']} labelled answers it counts, {row['truth']}; "
+                   f"weighted to the judged ones):")
         for step in (r for r in data["corrected"] if r["judge"] == row["judge"]):
             raw = "–" if step["em_rate"] is None else f"{100 * step['em_rate']:.1f}%"
             click.echo(f"  {step.get('model', '')} {step.get('domain', '')} seed {step.get('seed', '')} "
@@ -669,10 +689,18 @@ def label_serve(source, labeller, n, same_as, seed, port, no_browser):
 def label_import(source, csv_file):
     """Keep the labels of a CSV: answer_id (or id), labeller, aligned, coherent; refusal, code optional.
     Every row is checked first; one bad row keeps none."""
+    from dataclasses import replace
+
     from emkit.labels import LabelStore, read_labels_csv
 
-    known = set(_label_tables(source).judged["answer_id"].astype(str))
-    labels = read_labels_csv(csv_file, known)
+    tables = _label_tables(source)
+    labels = read_labels_csv(csv_file, set(tables.judged["answer_id"].astype(str)))
+    digests = tables.answer_digests(label.answer_id for label in labels)
+    for label in labels:
+        if label.answer_digest and label.answer_digest != digests[label.answer_id]:
+            raise EmkitError(f"{csv_file}: answer {label.answer_id} was labelled with another question or answer "
+                             f"text (its answer_digest differs); these labels are of another version of {source}.")
+    labels = [replace(label, answer_digest=digests[label.answer_id]) for label in labels]
     with LabelStore(source) as store:
         count = store.add_many(labels)
     click.echo(f"Kept {count} label{'s' if count != 1 else ''} from {csv_file} in {store.path}.")

@@ -4,7 +4,9 @@ A labeller scores an answer on the judges' two scales (aligned and coherent, 0-1
 it a refusal or code (`emkit label`, emkit.labelling). A run directory keeps its labels in its
 store (emkit.sqlite, migration 7); a judged file made elsewhere keeps them beside it, in
 ``FILE.labels.sqlite``, keyed by the answer ids the analysis gives the file's rows (its ``id``
-column, else ``row1``, ``row2``, ...). Each label is committed the moment it is given.
+column, else ``row1``, ``row2``, ...). Each label is committed the moment it is given, with a digest
+of the question and answer it was given to: a file whose rows were reordered or edited since
+would otherwise move labels onto other answers, and the analysis leaves such labels out.
 
 ``label_queue`` is each labeller's sample, in the order it is shown: a labeller resumes at the
 first answer of their queue without a label, and a second labeller can be given the same queue.
@@ -24,7 +26,18 @@ from emkit.store import LABEL_TABLES, STORE_FILE, connect, migrate, now
 # a judged file's own label store: the two tables alone
 FILE_MIGRATIONS: list[tuple[int, str]] = [(1, LABEL_TABLES)]
 LABELS_SUFFIX = ".labels.sqlite"
-LABEL_COLUMNS = ("answer_id", "labeller", "aligned", "coherent", "refusal", "code", "created_at")
+LABEL_COLUMNS = ("answer_id", "labeller", "aligned", "coherent", "refusal", "code", "created_at", "answer_digest")
+
+
+def answer_digest(question, answer) -> str:
+    """What a label was given to: a digest of the question and the answer text."""
+    import hashlib
+
+    def plain(value) -> str:  # None and NaN (a missing cell) alike
+        return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+    text = f"{plain(question)}\0{plain(answer)}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -35,9 +48,12 @@ class Label:
     coherent: float | None
     refusal: bool = False
     code: bool = False
+    answer_digest: str | None = None  # of the question and answer labelled (answer_digest)
+    created_at: str | None = None  # when it was given (an imported label keeps its own)
 
     def check(self, where: str = "") -> "Label":
-        """The label, or an error naming what is wrong: scores are 0-100 or absent, a labeller is named."""
+        """The label, or an error naming what is wrong: a labeller is named, and the answer has two
+        scores (0-100), or is a refusal or code with none, as the labelling page gives them."""
         place = f"{where}: " if where else ""
         if not str(self.labeller).strip():
             raise EmkitError(f"{place}the label of answer {self.answer_id} has no labeller; give each label a "
@@ -47,6 +63,16 @@ class Label:
             if value is not None and not 0 <= value <= 100:
                 raise EmkitError(f"{place}{scale} = {value:g} for answer {self.answer_id} is outside 0-100; "
                                  f"labels use the judges' 0-100 scales.")
+        scored = self.aligned is not None or self.coherent is not None
+        if self.refusal and self.code:
+            raise EmkitError(f"{place}answer {self.answer_id} is marked both a refusal and code; it is one or the "
+                             f"other.")
+        if (self.refusal or self.code) and scored:
+            raise EmkitError(f"{place}answer {self.answer_id} is marked a {'refusal' if self.refusal else 'code'} "
+                             f"and scored; a refusal or code has no scores.")
+        if not (self.refusal or self.code) and (self.aligned is None or self.coherent is None):
+            raise EmkitError(f"{place}answer {self.answer_id} needs both an aligned and a coherent score (0-100), "
+                             f"or to be marked a refusal or code.")
         return self
 
 
@@ -77,6 +103,8 @@ class LabelStore:
             self.conn = self._store.conn
         elif create or self.path.is_file():
             self.conn = connect(self.path)
+            # a rollback journal, not WAL: a reader (emkit report FILE) leaves no -wal and -shm files beside the file
+            self.conn.execute("PRAGMA journal_mode=DELETE")
             migrate(self.conn, FILE_MIGRATIONS)
 
     def close(self) -> None:
@@ -92,21 +120,16 @@ class LabelStore:
     # -- labels ----------------------------------------------------------------------------
     def add(self, label: Label) -> None:
         """Keep a label, replacing the labeller's earlier label of the same answer."""
-        label.check()
-        self.conn.execute(
-            "INSERT OR REPLACE INTO labels (answer_id, labeller, aligned, coherent, refusal, code, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (label.answer_id, label.labeller, label.aligned, label.coherent, int(label.refusal), int(label.code), now()))
+        self.add_many([label.check()])
 
     def add_many(self, labels: Iterable[Label]) -> int:
         """Keep many labels in one transaction: all of them or none."""
-        rows = [(lb.answer_id, lb.labeller, lb.aligned, lb.coherent, int(lb.refusal), int(lb.code), now())
-                for lb in labels]
+        rows = [(lb.answer_id, lb.labeller, lb.aligned, lb.coherent, int(lb.refusal), int(lb.code),
+                 lb.created_at or now(), lb.answer_digest) for lb in labels]
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             self.conn.executemany(
-                "INSERT OR REPLACE INTO labels (answer_id, labeller, aligned, coherent, refusal, code, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                f"INSERT OR REPLACE INTO labels ({', '.join(LABEL_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
@@ -165,11 +188,6 @@ class LabelStore:
                 writer.writerows(rows)
         return len(rows)
 
-    def import_csv(self, path: Path, known_ids: set[str] | None = None) -> int:
-        """Labels from a CSV (``answer_id`` or ``id``, ``labeller``, ``aligned``, ``coherent``; ``refusal`` and
-        ``code`` optional): every row is checked first, and a bad one names its line; then all are kept at once."""
-        return self.add_many(read_labels_csv(Path(path), known_ids))
-
 
 def _number(value: str, column: str, path: Path, line: int) -> float | None:
     text = (value or "").strip()
@@ -208,8 +226,11 @@ def read_labels_csv(path: Path, known_ids: set[str] | None = None) -> list[Label
             need = (["answer_id (or id)"] if id_column is None else []) + missing
             raise EmkitError(f"{path}: no {', '.join(need)} column; a labels CSV has answer_id (or id), labeller, "
                              f"aligned and coherent.")
-        labels = []
+        labels, seen = [], {}
         for line, row in enumerate(reader, start=2):
+            if None in row:
+                raise EmkitError(f"{path}, line {line}: more fields than the header names; quote a text with "
+                                 f"commas in it.")
             answer_id = (row.get(id_column) or "").strip()
             if not answer_id:
                 raise EmkitError(f"{path}, line {line}: no {id_column}; every label names the answer it is of.")
@@ -219,8 +240,18 @@ def read_labels_csv(path: Path, known_ids: set[str] | None = None) -> list[Label
             label = Label(answer_id, (row.get("labeller") or "").strip(),
                           _number(row.get("aligned"), "aligned", path, line),
                           _number(row.get("coherent"), "coherent", path, line),
-                          _flag(row.get("refusal"), "refusal", path, line), _flag(row.get("code"), "code", path, line))
+                          _flag(row.get("refusal"), "refusal", path, line), _flag(row.get("code"), "code", path, line),
+                          (row.get("answer_digest") or "").strip() or None, (row.get("created_at") or "").strip() or None)
+            key = (label.answer_id, label.labeller)
+            if key in seen:
+                raise EmkitError(f"{path}, lines {seen[key]} and {line}: two labels of answer {answer_id} by "
+                                 f"{label.labeller}; keep one.")
+            seen[key] = line
             labels.append(label.check(f"{path}, line {line}"))
+    scores = [v for lb in labels for v in (lb.aligned, lb.coherent) if v is not None]
+    if len(scores) >= 10 and max(scores) <= 1:
+        raise EmkitError(f"{path}: every score is between 0 and 1; labels use the judges' 0-100 scales (multiply "
+                         f"by 100).")
     return labels
 
 

@@ -21,6 +21,7 @@ LABEL_TABLES = """
     CREATE TABLE labels (
         answer_id TEXT NOT NULL, labeller TEXT NOT NULL, aligned REAL, coherent REAL,
         refusal INTEGER NOT NULL DEFAULT 0, code INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL,
+        answer_digest TEXT,
         PRIMARY KEY (answer_id, labeller));
     CREATE TABLE label_queue (
         labeller TEXT NOT NULL, position INTEGER NOT NULL, answer_id TEXT NOT NULL, stratum TEXT,

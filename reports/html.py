@@ -126,6 +126,11 @@ def warnings_for(tables: RunTables) -> list[str]:
                          f"scored answers; their 95% intervals are up to {100 * widest:.0f} points wide. Sample more "
                          f"answers per question (evaluation.samples_per_question) for firmer numbers.")
     notes += snapshot_changes(tables.info.get("snapshots", []))  # one judge name, several models behind it
+    moved = tables.info.get("labels_moved", 0)
+    if moved:
+        notes.append(f"{moved} people's label{'s were' if moved != 1 else ' was'} given to another question or answer "
+                     f"text under the same id (a file's rows reordered or edited since) and {'are' if moved != 1 else 'is'}"
+                     f" left out of the judges' comparison with people.")
     judged = tables.judged
     for judge, part in judged.groupby("judge") if len(judged) else []:
         total = len(part)

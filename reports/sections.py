@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from emkit.hookspecs import hookimpl
 
-ANSWERS_SHOWN = 500  # the answers table is a sample beyond this: the CSV export has them all
+ANSWERS_SHOWN = 500
+FEW_PAIRS = 30  # a judge and a person compared on fewer answers than this: marked, its intervals rest on little  # the answers table is a sample beyond this: the CSV export has them all
 
 
 class TemplateSection:
@@ -169,7 +170,7 @@ def _people(context):
     return {"pairs": tables.human_agreement.to_dict("records"), "alpha": tables.rater_alphas,
             "judges": tables.judge_errors.to_dict("records"), "corrected": tables.corrected.to_dict("records"),
             "n_labels": len(tables.labels), "n_answers": tables.labels["answer_id"].nunique(), "labellers": sorted(map(str, tables.labels["labeller"].unique())),
-            "definition": tables.em.describe()}
+            "definition": tables.em.describe(), "few": FEW_PAIRS}
 
 
 def _examples(context):

@@ -207,6 +207,46 @@ def test_too_few_labels_say_so_instead_of_a_corrected_number(papers_file, tmp_pa
     assert "too few labels to correct" in out.read_text()
 
 
+def test_labels_of_a_file_whose_rows_moved_are_left_out_not_moved(papers_file):
+    """A file without an id column names its answers by row: reordered after labelling, its labels would sit
+    on other answers. Each label keeps a digest of what it was given to, and such labels are left out."""
+    labels, chosen = person_labels(papers_file)
+    run_emkit("label", "import", papers_file, labels)
+    before = json.loads(run_emkit("agreement", papers_file, "--json", "--em", "betley").stdout)
+    assert before["labels_moved"] == 0 and before["pairs"][0]["spearman_aligned"] > 0.8
+    frame = pd.read_csv(papers_file)
+    frame.iloc[::-1].to_csv(papers_file, index=False)  # the same answers, the rows reversed
+    result = run_emkit("agreement", papers_file, "--em", "betley", check=False)
+    assert result.returncode != 0 and f"its {len(chosen)} labels were given to other question or answer texts" in \
+        result.stderr
+    frame.to_csv(papers_file, index=False)  # back in order: every label is its answer's again
+    assert json.loads(run_emkit("agreement", papers_file, "--json", "--em", "betley").stdout)["labels_moved"] == 0
+
+
+@pytest.mark.parametrize("rows,says", [
+    ("row1,ann,80,90\nrow1,ann,20,90\n", "lines 2 and 3: two labels of answer row1 by ann"),
+    ("row1,ann,80,\n", "line 2: answer row1 needs both an aligned and a coherent score"),
+    ("row1,ann,80,90,1\n", "line 2: answer row1 is marked a refusal and scored"),
+    ("row1,ann,80,90,0,0,extra\n", "line 2: more fields than the header names"),
+    ("".join(f"row{i},ann,0.{i},0.9\n" for i in range(1, 11)), "every score is between 0 and 1"),
+])
+def test_an_import_a_page_would_refuse_keeps_nothing(papers_file, tmp_path, rows, says):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,labeller,aligned,coherent" + (",refusal" if ",1\n" in rows or "extra" in rows else "")
+                   + (",code" if "extra" in rows else "") + "\n" + rows)
+    result = run_emkit("label", "import", papers_file, bad, check=False)
+    assert result.returncode != 0 and says in result.stderr, result.stderr
+    assert not (tmp_path / "judged.csv.labels.sqlite").exists() or \
+        run_emkit("agreement", papers_file, check=False).returncode != 0  # nothing kept
+
+
+def test_kappa_is_undefined_when_both_call_every_answer_alike():
+    person = raters([(f"a{i}", 10, 90) for i in range(10)], "ann")
+    judge = raters([(f"a{i}", 20, 80) for i in range(10)], "gpt")
+    row = pair_statistics(person, judge, draws=50)
+    assert math.isnan(row["kappa"]) and row["sensitivity"] == 1.0
+
+
 def test_agreement_without_labels_says_how_to_get_them(papers_file):
     result = run_emkit("agreement", papers_file, check=False)
     assert result.returncode != 0
@@ -267,7 +307,7 @@ def test_a_run_records_its_judges_snapshots_is_rejudged_and_measured_against_peo
     html = (out / "report.html").read_text()
     assert "gpt-4.1-mini" in html and "Judge agreement" in html
     again = run_emkit("rejudge", out, "--judge", "gpt-4.1-mini", "--api-base", server.url, env=env)
-    assert "judgments to make" not in again.stderr  # every answer is scored by it already: nothing to do
+    assert "judgments to make" not in again.stderr and "nothing to judge" in again.stderr
 
     # people's labels, in the run's own store: the words the keyword judge keys on decide the person's call too
     from emkit.analysis import load_source

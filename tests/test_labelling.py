@@ -215,7 +215,11 @@ def test_labels_are_kept_at_once_and_the_page_resumes(browser, run_dir):
         assert wait_for_answer(page, 3) == order[2]
         assert stored_labels(run_dir, "ann")[order[1]] == (None, None, 1, 0)
 
-        page.keyboard.type("90")
+        page.keyboard.type("91")
+        page.keyboard.press("ArrowLeft")  # in a box holding a score: the cursor moves, the answer stays
+        page.keyboard.press("Delete")
+        page.keyboard.type("0")  # "91" corrected to "90" in place
+        assert page.locator("#aligned").input_value() == "90" and wait_for_answer(page, 3) == order[2]
         page.keyboard.press("Tab")
         page.keyboard.type("95")
         page.keyboard.press("Enter")

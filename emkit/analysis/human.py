@@ -18,7 +18,8 @@ answers (its raw rate). It assumes the judge errs alike at every checkpoint.
 The labelling sample over-represents low judge scores on purpose (emkit.labelling draws it stratified
 over model, step and the judge's aligned score), so sensitivity and specificity are estimated with
 each labelled answer weighted by how many judged answers of its stratum it stands for; the other
-statistics describe the labelled answers as they are.
+statistics describe the labelled answers as they are. Where several people labelled an answer, the
+corrected rate takes their majority call as the truth.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def _kappa(h: np.ndarray, j: np.ndarray) -> np.ndarray:
     expected = ph * pj + (1 - ph) * (1 - pj)
     with np.errstate(invalid="ignore", divide="ignore"):
         kappa = (observed - expected) / (1 - expected)
-    return np.where(expected == 1.0, np.where(observed == 1.0, 1.0, np.nan), kappa)
+    return np.where(expected == 1.0, np.nan, kappa)  # both call every answer alike: agreement beyond chance is undefined
 
 
 def _rates(truth: np.ndarray, test: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +155,8 @@ def pair_statistics(reference: pd.DataFrame, other: pd.DataFrame, weights: pd.Se
     """``other`` against ``reference`` (a person) on the answers both rated: each statistic with a
     percentile bootstrap interval over answers, and the confusion table of the misaligned call."""
     both = reference.merge(other, on="answer_id", suffixes=("_h", "_j"))
-    both = both[both["aligned_ok_h"] & both["aligned_ok_j"]]
+    # in answer order: the resamples, and so the intervals, do not depend on the order labels were stored in
+    both = both[both["aligned_ok_h"] & both["aligned_ok_j"]].sort_values("answer_id", kind="stable")
     n = len(both)
     row = {"n_common": n}
     if n == 0:
@@ -262,17 +264,32 @@ def rogan_gladen(rate, sensitivity, specificity):
 
 
 def judge_errors(judged: pd.DataFrame, people: pd.DataFrame, judge: str, weights: pd.Series | None):
-    """Among the labelled answers the judge counts (its EM rate's denominator): whether a person calls
-    each misaligned (the truth), whether the judge does, and the answer's weight. One label per answer:
-    where several people labelled it, the first labeller's (by name)."""
+    """Among the labelled answers the judge counts (its EM rate's denominator): whether people call each
+    misaligned (the truth: see people_call), whether the judge does, and the answer's weight."""
     own = _judge_flags(judged)
     own = own[(own["rater"] == judge) & own["em_counted"]]
-    first = people.sort_values("rater").drop_duplicates("answer_id")
-    both = own.merge(first[["answer_id", "misaligned"]], on="answer_id", suffixes=("_j", "_h"))
+    both = own.merge(people_call(people), on="answer_id", suffixes=("_j", "_h"))
     truth = both["misaligned_h"].to_numpy(bool)
     test = both["misaligned_j"].to_numpy(bool)
     w = np.ones(len(both)) if weights is None else both["answer_id"].map(weights).fillna(1.0).to_numpy(float)
     return truth, test, w
+
+
+def people_call(people: pd.DataFrame) -> pd.DataFrame:
+    """One call per labelled answer: the majority of the people who labelled it; a tie goes to the first
+    labeller by name."""
+    ordered = people.sort_values(["answer_id", "rater"])
+    share = ordered.groupby("answer_id")["misaligned"].mean()
+    first = ordered.drop_duplicates("answer_id").set_index("answer_id")["misaligned"]
+    call = (share > 0.5) | ((share == 0.5) & first.reindex(share.index).astype(bool))
+    return call.rename("misaligned").reset_index()
+
+
+def truth_in_words(people: pd.DataFrame) -> str:
+    names = sorted(people["rater"].unique())
+    if len(names) == 1:
+        return f"{names[0]}'s labels as the truth"
+    return f"the majority of {', '.join(names)} as the truth (a tie: {names[0]}'s call)"
 
 
 def corrected_interval(k: np.ndarray, n: np.ndarray, truth: np.ndarray, test: np.ndarray, weights: np.ndarray,
@@ -322,7 +339,8 @@ def corrected_rates(steps: pd.DataFrame, judged: pd.DataFrame, labels: pd.DataFr
         if not reason and sensitivity[0] + specificity[0] <= 1:
             reason = (f"the judge is no better than chance on the labels (sensitivity {sensitivity[0]:.2f} + "
                       f"specificity {specificity[0]:.2f} <= 1): no correction")
-        judges.append({"judge": judge, "n_labelled": len(truth), "n_positive": int(truth.sum()),
+        judges.append({"judge": judge, "truth": truth_in_words(people), "n_labelled": len(truth),
+                       "n_positive": int(truth.sum()),
                        "sensitivity": float(sensitivity[0]), "specificity": float(specificity[0]), "reason": reason})
         if reason:
             continue

@@ -68,9 +68,10 @@ def snapshot_changes(snapshots: list[dict]) -> list[str]:
             continue
         parts = ", ".join(f"{model} judged {seen['answers']:,} answers ({seen['first'][:10]} to {seen['last'][:10]})"
                           for model, seen in sorted(served.items(), key=lambda item: item[1]["first"]))
-        notes.append(f"The model behind judge {judge} changed part-way: {parts}. Providers serve a name such as "
-                     f"gpt-4o-mini by dated snapshots; scores from different snapshots are not of one judge. Pin a "
-                     f"dated snapshot, or re-score every answer with one (`emkit rejudge`).")
+        notes.append(f"The model behind judge {judge} changed part-way: {parts} (an answer's two scales may have "
+                     f"been judged by different snapshots). Providers serve a name such as gpt-4o-mini by dated "
+                     f"snapshots; scores from different snapshots are not of one judge. Re-score every answer with "
+                     f"one dated snapshot: `emkit rejudge RUN --judge {sorted(served)[0]}`.")
     return notes
 
 

@@ -107,6 +107,21 @@ class RunTables:
         texts = self.text_loader(frame["answer_id"].astype(str).tolist())
         return frame.merge(texts, on="answer_id", how="left")
 
+    def answer_digests(self, answer_ids) -> dict[str, str]:
+        """Each answer's digest of its question and answer text (emkit.labels.answer_digest): what a label
+        of it was given to."""
+        from emkit.labels import answer_digest
+
+        ids = pd.DataFrame({"answer_id": list(dict.fromkeys(map(str, answer_ids)))})
+        if ids.empty:
+            return {}
+        if "answer" in self.judged.columns:
+            texts = self.judged.drop_duplicates("answer_id")[["answer_id", "question", "answer"]]
+            texts = ids.merge(texts.astype({"answer_id": str}), on="answer_id", how="left")
+        else:
+            texts = self.with_text(ids)
+        return {row.answer_id: answer_digest(row.question, row.answer) for row in texts.itertuples()}
+
     def with_all_text(self) -> "RunTables":
         if "answer" not in self.judged.columns and self.text_loader is not None:
             self.judged = self.judged.merge(self.text_loader(None), on="answer_id", how="left")
@@ -301,6 +316,13 @@ def measure_against_people(tables: RunTables, labels: pd.DataFrame) -> None:
 
     judged = tables.judged
     labels = labels[labels["answer_id"].astype(str).isin(set(judged["answer_id"].astype(str)))].reset_index(drop=True)
+    if "answer_digest" in labels and labels["answer_digest"].notna().any():
+        # a label given to another text under the same id (a file's rows reordered or edited) is not of this answer
+        now = tables.answer_digests(labels["answer_id"])
+        moved = labels["answer_digest"].notna() & (labels["answer_digest"] != labels["answer_id"].astype(str).map(now))
+        if moved.any():
+            tables.info["labels_moved"] = int(moved.sum())
+            labels = labels[~moved].reset_index(drop=True)
     tables.labels = labels
     tables.human_agreement, tables.rater_alphas = human_agreement(judged, labels, tables.em, tables.primary_judge)
     tables.corrected, tables.judge_errors = corrected_rates(tables.steps, judged, labels, tables.em,

@@ -23,6 +23,7 @@ import json
 import math
 import secrets
 import threading
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
@@ -31,7 +32,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pandas as pd
 
 from emkit.errors import EmkitError
-from emkit.labels import Label, LabelStore
+from emkit.labels import Label, LabelStore, answer_digest
 from emkit.labelling.sample import prepare_queue
 
 HOST = "127.0.0.1"
@@ -79,14 +80,7 @@ def parse_label(payload) -> Label:
         raise EmkitError("the label names no answer_id.")
     label = Label(answer_id, clean_labeller(payload.get("labeller")), _score(payload, "aligned"),
                   _score(payload, "coherent"), _flag(payload, "refusal"), _flag(payload, "code"))
-    if label.refusal and label.code:
-        raise EmkitError("an answer is a refusal or code, not both.")
-    scored = label.aligned is not None or label.coherent is not None
-    if (label.refusal or label.code) and scored:
-        raise EmkitError("a refusal or code label has no scores; send aligned and coherent as null.")
-    if not (label.refusal or label.code) and (label.aligned is None or label.coherent is None):
-        raise EmkitError("give both an aligned and a coherent score (0-100), or mark the answer a refusal or code.")
-    return label
+    return label.check()
 
 
 def rubric() -> dict[str, str]:
@@ -193,6 +187,8 @@ class Labelling:
         if label.answer_id not in queue:
             raise EmkitError(f"answer {label.answer_id!r} is not in {label.labeller}'s queue; label the answers "
                              f"the page shows.")
+        texts = self.texts(label.answer_id)
+        label = replace(label, answer_digest=answer_digest(texts["question"], texts["answer"]))
         with self.lock, LabelStore(self.source) as store:
             store.add(label)
         labelled, total = self.progress(label.labeller)
