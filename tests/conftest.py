@@ -23,6 +23,25 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 _session_cache = tempfile.mkdtemp(prefix="emkit-tests-")
 atexit.register(shutil.rmtree, _session_cache, ignore_errors=True)
 os.environ["EMKIT_JUDGE_CACHE"] = os.path.join(_session_cache, "judge-cache.sqlite")
+
+
+def pytest_sessionstart(session):
+    """Every emkit module imported once, now, before any test runs. emkit is a pytest plugin, so pytest
+    rewrites its modules with ast.parse as they are first imported; on CPython 3.11 before 3.11.8 an
+    exception landing inside the AST constructor (the Ctrl-C the judging tests send) leaves its global
+    recursion counter off, and every later parse in that worker fails with "AST constructor recursion
+    depth mismatch" (CPython gh-106905: test_sources failed so once). Imported here, nothing is parsed
+    while a test interrupts."""
+    import importlib
+    import pkgutil
+
+    for package in ("emkit", "emkit.default_plugins", "emkit.judges", "emkit.reports"):
+        root = importlib.import_module(package)
+        for module in pkgutil.walk_packages(root.__path__, package + "."):
+            if not module.name.endswith("__main__"):
+                importlib.import_module(module.name)
+
+
 # The papers' and the course's published files, copied unchanged into the repository
 # (tests/reference/README.md), so no test skips on a contributor's clone.
 REFERENCE = Path(__file__).resolve().parent / "reference"
