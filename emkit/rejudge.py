@@ -23,6 +23,10 @@ def rejudge_config(run_path: Path, judges: list[str], **overrides):
     """The run's saved config with ``judges`` as its judges (and any judging option given)."""
     from emkit.config import apply_overrides, config_from_dict
 
+    if Path(run_path).is_file():
+        raise EmkitError(f"{run_path} is a file of judged answers, not a run directory: score it with another judge "
+                         f"with `emkit judge {run_path} --judge NAME --out NEW.csv` (its own scores are kept beside "
+                         f"NAME's), then `emkit report NEW.csv` sets both judges side by side.")
     saved = read_saved_config(run_path) if (Path(run_path) / "emkit.sqlite").is_file() else None
     if saved is None:
         raise EmkitError(f"{run_path} is not an emkit run directory (no emkit.sqlite and config.toml); pass the --out "

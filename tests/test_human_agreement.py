@@ -247,6 +247,21 @@ def test_kappa_is_undefined_when_both_call_every_answer_alike():
     assert math.isnan(row["kappa"]) and row["sensitivity"] == 1.0
 
 
+def test_a_judged_file_judged_again_keeps_its_own_judge_beside_the_new_one(papers_file, judge_server, tmp_path):
+    """The file-made-elsewhere way to re-score: `emkit judge FILE --judge NAME` keeps the file's own scores
+    (unprefixed) and adds NAME's; the report and summary read both judges, side by side."""
+    refused = run_emkit("rejudge", papers_file, "--judge", "gpt-4.1-mini", check=False)
+    assert refused.returncode != 0 and "emkit judge" in refused.stderr and "Traceback" not in refused.stderr
+    again = tmp_path / "again.csv"
+    run_emkit("judge", papers_file, "--judge", "gpt-4.1-mini", "--api-base", judge_server.url, "--out", again)
+    rows = json.loads(run_emkit("summary", again, "--json").stdout)
+    assert sorted((r["group"], r["n"]) for r in rows) == [("file: again", 170), ("gpt-4.1-mini: again", 170)]
+    out = tmp_path / "report.html"
+    run_emkit("report", again, "--out", out)
+    html = out.read_text()
+    assert "Judge agreement" in html and "EM rate per checkpoint, by judge" in html
+
+
 def test_agreement_without_labels_says_how_to_get_them(papers_file):
     result = run_emkit("agreement", papers_file, check=False)
     assert result.returncode != 0

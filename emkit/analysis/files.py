@@ -193,6 +193,14 @@ def judge_prefixes(frame: pd.DataFrame) -> list[str]:
 
 
 def judged_rows(frame: pd.DataFrame, source: str, defaults: dict | None = None) -> pd.DataFrame:
-    """Every judge's rows of a judged table, in emkit's columns."""
-    parts = [judged_from_frame(frame, source, p, defaults) for p in judge_prefixes(frame)]
-    return pd.concat(parts, ignore_index=True) if parts else judged_from_frame(frame, source, None, defaults)
+    """Every judge's rows of a judged table, in emkit's columns: each prefixed judge's, and the file's own
+    unprefixed scores beside them (a file judged again with `emkit judge FILE --judge NAME` keeps the
+    scores it came with, unprefixed, and adds NAME's, prefixed)."""
+    prefixes = judge_prefixes(frame)
+    parts = [judged_from_frame(frame, source, p, defaults) for p in prefixes]
+    if not parts or any(name in frame for name in SCORE_COLUMNS["aligned"]):
+        own = judged_from_frame(frame, source, None, defaults)
+        if parts and own["judge"].isin(prefixes).any():  # the file's judge has the name of one added beside it
+            own["judge"] = "file"
+        parts.append(own)
+    return pd.concat(parts, ignore_index=True)
