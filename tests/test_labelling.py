@@ -24,7 +24,7 @@ from emkit.labels import LabelStore, read_labels
 from emkit.store import Store, now
 from helpers import run_emkit
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from test_report import browser  # noqa: E402,F401  (the headless Chromium fixture, shared)
 REFERENCE = Path(__file__).resolve().parent / "reference"
 COURSE_FILE = REFERENCE / "hw0-course-results" / "eval" / "results" / "1b_medical_v2" / "fg_judged.csv"
 
@@ -154,21 +154,6 @@ class Served:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update"])
-        yield browser
-        browser.close()
 
 
 def open_page(browser, url):
