@@ -38,8 +38,15 @@ def pytest_sessionstart(session):
     for package in ("emkit", "emkit.default_plugins", "emkit.judges", "emkit.reports"):
         root = importlib.import_module(package)
         for module in pkgutil.walk_packages(root.__path__, package + "."):
-            if not module.name.endswith("__main__"):
+            if module.name.endswith("__main__"):
+                continue
+            try:
                 importlib.import_module(module.name)
+            except ModuleNotFoundError as missing:
+                # a plugin whose optional extra this venv lacks (submitit in .venv-vllm): its own
+                # tests skip or are not collected here; emkit's own modules must all import
+                if (missing.name or "").split(".")[0] in ("emkit", "plugins", "judges"):
+                    raise
 
 
 # The papers' and the course's published files, copied unchanged into the repository
