@@ -57,6 +57,15 @@ def test_a_reasoning_model_with_a_small_budget_answers_nothing():
     assert reply["choices"][0]["message"]["content"] == "" and reply["choices"][0]["finish_reason"] == "length"
 
 
+def test_the_loopback_served_over_http_alone_keeps_no_requests():
+    """`python -m emkit.testing.judge_server` (the benches' judge) answers the seed grid's 162,000 calls a
+    run in bench/bench_rehearsal.py: it counts them and keeps none (kept, about 4 KB a call, 0.6 GB a run)."""
+    with JudgeServer(record=False) as server:
+        judge = LiteLLMJudge("gpt-4o-mini", JudgeOptions(api_base=server.url))
+        assert score_one(judge).status == "ok" and score_one(judge).status == "ok"
+        assert server.count == 2 and server.requests == server.headers == server.arrivals == []
+
+
 # --- each family of model, end to end over HTTP --------------------------------------------------
 
 @TRANSPORTS
