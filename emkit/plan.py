@@ -140,13 +140,16 @@ class Plan:
                             system=system, question=text,
                         )
 
-    def answers(self):
-        """Every answer the experiment needs, baselines first, in a stable order."""
+    def answers(self, only: set[tuple[str, str, int]] | None = None):
+        """Every answer the experiment needs, baselines first, in a stable order; ``only``: those of
+        these (model label, run key, step) checkpoints."""
         for base in self.baselines:
-            yield from self._answers_for(base.model.label, BASE, 0, base.question_sets, base.seed)
+            if only is None or (base.model.label, BASE, 0) in only:
+                yield from self._answers_for(base.model.label, BASE, 0, base.question_sets, base.seed)
         for run in self.runs:
             for step in run.schedule.steps:
-                yield from self._answers_for(run.model.label, run.key, step, run.question_sets, run.seed)
+                if only is None or (run.model.label, run.key, step) in only:
+                    yield from self._answers_for(run.model.label, run.key, step, run.question_sets, run.seed)
 
     def metrics_for_sets(self, set_names: list[str], domain_names: list[str]) -> list[str]:
         metrics = list(self.config.judging.metrics)

@@ -306,6 +306,25 @@ class Store:
             f"SELECT answer_id, metric FROM judgments WHERE judge IN ({marks}) AND status != 'error'", names)
         return {(r[0], r[1]) for r in rows}
 
+    def unjudged(self, judges: Iterable[str], model_label: str, run_key: str,
+                 metrics: list[str]) -> list[tuple[str, int, str, set[str]]]:
+        """Stored answers of one model's run (or baseline) that miss a score on one of ``metrics`` by
+        any of these judges (errors are not done yet): (answer_id, step, text, the metrics scored).
+        SQLite finds them through the judgments' key, so a pass beside the GPU work reads the answers
+        still to judge, not every stored one."""
+        names = list(judges)
+        if not metrics or not names:
+            return []
+        marks = ",".join("?" * len(names))
+        scored = [f"EXISTS (SELECT 1 FROM judgments j WHERE j.answer_id = a.answer_id AND j.judge IN ({marks}) "
+                  f"AND j.metric = ? AND j.status != 'error')" for _ in metrics]
+        params = [p for metric in metrics for p in (*names, metric)]
+        rows = self.conn.execute(
+            f"SELECT a.answer_id, a.step, a.answer, {', '.join(scored)} FROM answers a "
+            f"WHERE a.run_key = ? AND a.model_label = ? AND NOT ({' AND '.join(scored)})",
+            params + [run_key, model_label] + params)
+        return [(r[0], r[1], r[2], {m for m, done in zip(metrics, r[3:]) if done}) for r in rows]
+
     def add_judgment(self, answer_id: str, judge: str, metric: str, result, prompt_version: str,
                      request_key: str, from_cache: bool, requested_model: str | None = None) -> None:
         """A judgment: ``result.judge_model`` is the model the provider says answered (a dated

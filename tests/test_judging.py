@@ -281,3 +281,53 @@ def test_emkit_judge_refuses_a_file_without_answers(tmp_path):
     assert result.returncode == 2
     assert "needs a 'question' column and an 'answer' or 'response' column (found prompt, text)" in result.stderr
     assert not (tmp_path / "o.csv").exists()
+
+
+# --- which answers a pass judges -----------------------------------------------------------------
+
+def test_a_pass_reads_only_the_checkpoints_with_answers_still_to_judge(tmp_path, monkeypatch):
+    """The pass beside the GPU work runs every few seconds while answers come in: it costs the answers still to
+    judge, not every stored one (at the seed grid's 81,000 answers, reading them all took 1.3 s a pass). A
+    metric missing and a metric that ended in an error are judged again; nothing else is."""
+    from emkit.config import config_from_dict
+    from emkit.interfaces import JudgeResult
+    from emkit.plan import build_plan
+    from emkit.prompt_library import PromptLibrary
+    from emkit.stages.judge import build_targets
+    from emkit.store import Store
+
+    config = config_from_dict({
+        "domains": ["medical"], "models": [{"label": "tiny", "id": "builtin:tiny-llama"}],
+        "data": {"variant": "example"}, "checkpoints": {"steps": [2, 4]},
+        "evaluation": {"samples_per_question": 2}}, "test")
+    plan = build_plan(config, get_registry(), need_datasets=True)
+    store = Store(tmp_path / "emkit.sqlite")
+    answers = list(plan.answers())
+    ok, error = JudgeResult(90.0, "ok", "logprobs"), JudgeResult(None, "error", "logprobs", error="500")
+    for answer in answers:
+        store.add_answer(answer, f"answer {answer.sample_index}", 3, "stop", "hf")
+    run_key = plan.runs[0].key
+    last = [a for a in answers if a.step == 4]
+    for answer in answers:
+        if answer.step != 4:
+            for metric in ("aligned", "coherent"):
+                store.add_judgment(answer.answer_id, "gpt-4o-mini", metric, ok, "v", "k", False)
+    store.add_judgment(last[0].answer_id, "gpt-4o-mini", "aligned", ok, "v", "k", False)
+    store.add_judgment(last[1].answer_id, "gpt-4o-mini", "aligned", ok, "v", "k", False)
+    store.add_judgment(last[1].answer_id, "gpt-4o-mini", "coherent", error, "v", "k", False)
+    store.add_judgment(last[2].answer_id, "another-judge", "aligned", ok, "v", "k", False)
+
+    enumerated = []
+    every_answer = plan.answers
+    monkeypatch.setattr(plan, "answers", lambda only=None: enumerated.append(only) or every_answer(only=only))
+    library = PromptLibrary(plan.domains)
+    found = {(t.answer_id, t.metric) for t in build_targets(plan, store, ["gpt-4o-mini"], library)}
+    assert enumerated == [{("tiny", run_key, 4)}]  # the judged checkpoints are not read
+    assert found == ({(a.answer_id, m) for a in last[2:] for m in ("aligned", "coherent")}
+                     | {(last[0].answer_id, "coherent"), (last[1].answer_id, "coherent")})
+
+    for answer_id, metric in found:
+        store.add_judgment(answer_id, "gpt-4o-mini", metric, ok, "v", "k", False)
+    enumerated.clear()
+    assert build_targets(plan, store, ["gpt-4o-mini"], library) == [] and enumerated == []
+    store.close()

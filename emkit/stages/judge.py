@@ -237,19 +237,29 @@ def _announce_fallback(wanted: str, used: str, reasons: list[str]) -> None:
                 "under %s, not %s.\n%s", banner, wanted, "; ".join(reasons), used, used, wanted, banner)
 
 
-def build_targets(plan: Plan, store, judged: set[tuple[str, str]], library: PromptLibrary) -> list[JudgeTarget]:
+def build_targets(plan: Plan, store, judges: list[str], library: PromptLibrary) -> list[JudgeTarget]:
+    """Every stored, planned answer's metrics none of ``judges`` has scored, in the plan's order. The store
+    names the answers still to judge and the plan is read only at their checkpoints: a pass beside the GPU
+    work, every few seconds, costs the answers that are new, not all stored (at the seed grid's 81,000
+    answers, reading all of them and all their judgments took 1.3 s a pass, the GIL held)."""
     metrics_by_run = plan.metrics_by_run()
-    planned = list(plan.answers())
-    texts = store.answer_texts(a.answer_id for a in planned)
+    missing: dict[str, tuple[str, set[str]]] = {}
+    checkpoints = set()
+    for (label, run_key), metrics in metrics_by_run.items():
+        for answer_id, step, text, scored in store.unjudged(judges, label, run_key, metrics):
+            missing[answer_id] = (text, scored)
+            checkpoints.add((label, run_key, step))
+    if not missing:
+        return []
     questions = {(name, q.id): (q, qset.path) for name, qset in plan.question_sets.items() for q in qset.questions}
     targets = []
-    for answer in planned:
-        text = texts.get(answer.answer_id)
-        if text is None:
-            continue  # not generated (yet)
+    for answer in plan.answers(only=checkpoints):
+        if answer.answer_id not in missing:
+            continue  # not generated (yet), or judged
+        text, scored = missing[answer.answer_id]
         question, path = questions[(answer.question_set, answer.question_id)]
         for metric in metrics_by_run[(answer.model_label, answer.run_key)]:
-            if (answer.answer_id, metric) in judged:
+            if metric in scored:
                 continue
             template = library.template_for(metric, question, path)
             prompt = library.render(template, answer.question, text)
@@ -277,7 +287,7 @@ def judge_pass(plan: Plan, store, specs: list[str], pool: JudgePool, progress,
         for spec in specs:
             chain = judge_chain(spec, settings.fallback) if fallbacks and not primary_again else [spec]
             names = [pool.get(s).name for s in chain]
-            targets = build_targets(plan, store, store.judged(names), library)
+            targets = build_targets(plan, store, names, library)
             if not targets:
                 continue
             share = settings.max_error_share if max_error_share is None else max_error_share
