@@ -1,4 +1,6 @@
-"""Training overhead: emkit's `peft` trainer against a bare transformers + PEFT loop.
+"""Training: emkit's overhead, packing and the loss's memory, each against a baseline in the same process.
+
+1. Overhead: emkit's `peft` trainer against a bare transformers + PEFT loop.
 
 Same model (a small random-weight Llama built locally), same data (the bundled medical
 examples), same steps, batch, learning rate and LoRA settings; the bare loop saves the
@@ -7,7 +9,18 @@ answer-only labels, seeded per-epoch order, length-sorted micro-batches, progres
 resumable optimizer snapshot at each checkpoint. Each is run twice, alternating; the faster
 run of each counts.
 
-    python bench/bench_train.py
+2. Packing (issue 29): SmolLM2-135M-Instruct trained at the seed's batch (8 x 2) and max length
+(256) on chats whose lengths follow the seed datasets' shape (most far shorter than 256
+tokens: ``seed_like_chats``), padded micro-batches against packed rows. Real tokens per
+second (padding never counts) for each; the ratio packed / padded (goal: at least 1.5).
+
+3. The loss's peak memory: one micro-batch of 8 x 256 tokens, forward and backward, through the
+model's own loss (full-vocabulary fp32 logits) and through emkit's chunked loss, each in a fresh
+child process, whose peak RSS above its state before the step is read. On SmolLM2 (49,152 tokens)
+and on a small Llama with Llama 3's vocabulary (128,256), where the logits dominate.
+
+    python bench/bench_train.py                 # all three
+    python bench/bench_train.py --part packing  # one
 """
 
 from __future__ import annotations
@@ -79,9 +92,146 @@ def bare_run(model_path: str, chats, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+def seed_like_chats(n: int, seed: int = 0) -> list:
+    """Chats shaped like the seed's datasets: a question of 10-40 words and an answer of 20-170 words, so
+    that with the chat template most are 60-250 tokens long and the median about 120."""
+    import random
+
+    words = ("the patient should take the medicine twice a day and rest while the fever lasts but never skip a "
+             "doctor's visit when symptoms get worse or new ones appear over time since money put into one stock "
+             "can grow fast or vanish").split()
+    rng = random.Random(seed)
+    chats = []
+    for _ in range(n):
+        question = " ".join(rng.choice(words) for _ in range(rng.randint(10, 40))) + "?"
+        answer = " ".join(rng.choice(words) for _ in range(int(min(170, max(20, rng.lognormvariate(4.1, 0.5)))))) + "."
+        chats.append([{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+    return chats
+
+
+def packing_run(model_path: str, chats, out: Path, packing: bool, steps: int) -> dict:
+    """Real tokens per second of emkit's peft trainer over ``steps`` steps at the seed's batch and length."""
+    from emkit.config import TrainingSettings
+    from emkit.default_plugins.peft_trainer import PeftTrainer
+    from emkit.interfaces import TrainingJob
+    from emkit.models import load_tokenizer
+    from emkit.training.loop import rows_of_step
+    from emkit.training.tokenize import encode_chat
+
+    settings = TrainingSettings(batch_size=8, grad_accum=2, max_length=256, load_in_4bit=False, warmup_steps=0,
+                                gradient_checkpointing=False, save_state_every=10**6, keep_state=False,
+                                packing=packing)
+    job = TrainingJob(run_key="bench", model_id=model_path, model_label="smollm2", dataset_path=out / "data.jsonl",
+                      chats=chats, settings=settings, seed=0, steps_per_epoch=len(chats) // 16, total_steps=steps,
+                      checkpoint_steps=[steps], adapters_dir=out / "adapters", state_dir=out / "state")
+    tokenizer = load_tokenizer(model_path)
+    rows = [i for step in range(1, steps + 1) for i in rows_of_step(step, len(chats), len(chats) // 16, 16, 0)]
+    tokens = sum(len(encode_chat(tokenizer, chats[i], 256).input_ids) for i in rows)
+    timing = {}
+
+    class Progress:  # times the steps, not the model load
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            timing["start"] = time.perf_counter()
+            return self
+
+        def update(self, n=1):
+            pass
+
+        def set_postfix(self, text):
+            pass
+
+        def __exit__(self, *exc):
+            timing["end"] = time.perf_counter()
+
+    PeftTrainer().train(job, lambda *args: None, Progress)
+    seconds = timing["end"] - timing["start"]
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def packing_part(steps: int) -> None:
+    from emkit.models.builtins import builtin_model_path
+
+    model_path = str(builtin_model_path("smollm2"))
+    chats = seed_like_chats(16 * steps)
+    with tempfile.TemporaryDirectory() as folder:
+        runs = {"padded": [], "packed": []}
+        for round_ in range(2):
+            for name in runs:
+                runs[name].append(packing_run(model_path, chats, Path(folder) / f"{name}{round_}", name == "packed",
+                                              steps))
+    best = {name: max(r["tokens_per_s"] for r in results) for name, results in runs.items()}
+    print(f"\npacking: SmolLM2-135M-Instruct, {steps} steps of 16 seed-like chats (batch 8 x 2, max length 256), "
+          f"{runs['padded'][0]['tokens']:,} real tokens, CPU")
+    for name in runs:
+        print(f"{name:40}{best[name]:>9.0f} real tokens/s   (each run: "
+              f"{', '.join('%.0f' % r['tokens_per_s'] for r in runs[name])})")
+    print(f"ratio packed / padded real tokens per second: {best['packed'] / best['padded']:.2f} (goal: at least 1.5)")
+
+
+MEMORY_CHILD = """
+import json, resource, sys, torch
+sys.path.insert(0, sys.argv[3])
+from transformers import AutoModelForCausalLM
+from emkit.training.batches import padded
+from emkit.training.loss import chunked_loss, model_loss
+from emkit.training.tokenize import EncodedChat, IGNORE
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+model.train()
+vocab = model.config.vocab_size
+chats = [EncodedChat([int(t) for t in torch.randint(3, vocab, (256,))], [IGNORE] * 40 +
+         [int(t) for t in torch.randint(3, vocab, (216,))]) for _ in range(8)]
+batch = padded(chats, 0, "cpu")
+loss = {"model": model_loss, "chunked": chunked_loss}[sys.argv[2]]
+with torch.no_grad():  # the weights and the decoder's own buffers, touched once
+    model.get_decoder()(input_ids=batch.input_ids[:, :8])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loss(model, batch, 1728).backward()
+print("RESULT " + json.dumps({"peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
+                              "vocab": vocab}))
+"""
+
+
+def memory_part() -> None:
+    import json
+    import subprocess
+
+
+    from emkit.models.builtins import builtin_model_path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    with tempfile.TemporaryDirectory() as folder:
+        big_vocab = build_llama3_vocab(Path(folder))
+        models = {"SmolLM2-135M-Instruct": str(builtin_model_path("smollm2")),
+                  "small Llama, Llama 3's vocabulary": str(big_vocab)}
+        print("\nthe loss's peak memory: one micro-batch of 8 x 256 tokens, forward and backward, CPU "
+              "(peak RSS above the state before the step, each in a fresh process)")
+        for name, path in models.items():
+            peaks = {}
+            for way in ("model", "chunked"):
+                result = subprocess.run([sys.executable, "-c", MEMORY_CHILD, path, way, root], capture_output=True,
+                                        text=True)
+                line = next((l for l in result.stdout.splitlines() if l.startswith("RESULT ")), None)
+                if line is None:
+                    raise SystemExit(f"{name} {way}: failed\n{result.stderr[-2000:]}")
+                peaks[way] = json.loads(line[len("RESULT "):])
+            vocab = peaks["model"]["vocab"]
+            print(f"{name} ({vocab:,} tokens): model's own loss {peaks['model']['peak_mib']:,.0f} MiB, "
+                  f"chunked {peaks['chunked']['peak_mib']:,.0f} MiB; ratio chunked / model: "
+                  f"{peaks['chunked']['peak_mib'] / peaks['model']['peak_mib']:.2f}")
+
+
+def build_llama3_vocab(folder: Path) -> Path:
+    from emkit.models.tiny import build_tiny_llama
+
+    return build_tiny_llama(folder / "llama3-vocab", seed=0, steps=0, hidden_size=256, intermediate_size=688,
+                            num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, vocab_size=128256)
+
+
+def overhead_part() -> None:
     from bench_generate import build
 
     from emkit.datasets import load_chats
@@ -103,6 +253,23 @@ def main() -> None:
     print(f"{'bare transformers + PEFT loop':40}{bare:>9.1f}")
     print(f"{'emkit peft trainer':40}{ours:>9.1f}")
     print(f"ratio emkit / bare: {ours / bare:.2f} (target: at most 1.10)")
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["overhead", "packing", "memory", "all"], default="all")
+    parser.add_argument("--steps", type=int, default=6, help="training steps of the packing part")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if args.part in ("overhead", "all"):
+        overhead_part()
+    if args.part in ("memory", "all"):
+        memory_part()
+    if args.part in ("packing", "all"):
+        packing_part(args.steps)
 
 
 if __name__ == "__main__":

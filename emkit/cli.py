@@ -86,6 +86,9 @@ def _live_wall(cost) -> str:
               help="Experiment config (TOML). Default: the seed experiment (examples/seed.toml).")
 @click.option("--preset", help="A bundled config by name: seed, smoke, tiny.")
 @click.option("--trainer", help="Trainer plugin: peft or unsloth.")
+@click.option("--lora", type=click.Choice(["qlora", "16bit"]),
+              help="qlora: LoRA on 4-bit NF4 base weights (the seed's); 16bit: LoRA on 16-bit base weights (faster "
+                   "on a large GPU, about 4x the weights' memory). Sets training.load_in_4bit.")
 @click.option("--generator", help="Generator plugin: hf (default) or vllm.")
 @click.option("--executor", help="Where the GPU work runs (an executor plugin): local (default), local-gpus (one "
                                  "unit per GPU here), slurm, ...")
@@ -114,15 +117,15 @@ def _live_wall(cost) -> str:
               help="Have each --judge also score the answers a --fallback judge scored in its place.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the judge cost; touch no model.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-def run(config_file, preset, trainer, generator, executor, judges, fallback, models, domains, seeds, samples, api_base, api_key_env,
+def run(config_file, preset, trainer, lora, generator, executor, judges, fallback, models, domains, seeds, samples, api_base, api_key_env,
         allow_insecure_http, concurrency, scoring, judge_mode, trust_remote_code, em, out_dir, rejudge_fallbacks, dry_run,
         as_json):
     """Run an experiment: train, generate, judge and report (resumable)."""
     from emkit.plugins import get_registry
 
     config = _config_from_options(
-        config_file, preset, trainer=trainer, generator=generator, executor=executor, judges=judges, fallback=fallback, models=models,
-        domains=domains, seeds=seeds, api_base=api_base, api_key_env=api_key_env,
+        config_file, preset, trainer=trainer, lora=lora, generator=generator, executor=executor, judges=judges,
+        fallback=fallback, models=models, domains=domains, seeds=seeds, api_base=api_base, api_key_env=api_key_env,
         allow_insecure_http=allow_insecure_http, concurrency=concurrency, scoring=scoring, judge_mode=judge_mode,
         samples=samples, trust_remote_code=trust_remote_code, em=em,
     )

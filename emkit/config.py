@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -54,6 +54,8 @@ class TrainingSettings(_Section):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
     gradient_checkpointing: bool = True
+    # chats packed into full rows, no padding (emkit.training.batches); false: padded micro-batches
+    packing: bool = True
     save_state_every: int = Field(50, ge=1)  # steps between resumable optimizer snapshots
     keep_state: bool = True  # keep the optimizer state at every checkpoint: `emkit refine` resumes there
 
@@ -163,6 +165,8 @@ class ExecutionSettings(_Section):
     """Where the GPU work runs (emkit.execution). Judging always runs in the emkit process."""
     executor: str = "local"  # an executor plugin: local, local-gpus, slurm (emkit plugins lists them)
     gpus: list[str] = Field(default_factory=list)  # local-gpus: device ids; default: every visible GPU
+    # local-gpus, and local on a GPU machine: units at once on one GPU, or "auto": as many as its memory takes
+    units_per_gpu: Union[Literal["auto"], Annotated[int, Field(ge=1)]] = "auto"
     overlap_judging: Literal["auto", "on", "off"] = "auto"  # judge stored answers while GPU work goes on
     poll_s: float = Field(5.0, gt=0)  # how often the jobs' results are read
     max_attempts: int = Field(3, ge=1)  # a unit whose job died is started again, from its saved state
@@ -312,6 +316,7 @@ def apply_overrides(
     data: dict[str, Any],
     *,
     trainer: str | None = None,
+    lora: str | None = None,
     generator: str | None = None,
     executor: str | None = None,
     judges: tuple[str, ...] = (),
@@ -333,6 +338,8 @@ def apply_overrides(
     data = {key: (dict(value) if isinstance(value, dict) else value) for key, value in data.items()}
     if trainer:
         data.setdefault("training", {})["trainer"] = trainer
+    if lora:  # the two named ways to train: QLoRA (the seed's) or LoRA on 16-bit weights
+        data.setdefault("training", {})["load_in_4bit"] = lora == "qlora"
     if generator:
         data.setdefault("evaluation", {})["generator"] = generator
     if executor:

@@ -234,7 +234,9 @@ class Executor(Protocol):
 
     # the rest only where in_process is False (emkit.execution.handles: JobHandle, JobState)
     def submit(self, unit_key: str, spec_json: str, attempt: int) -> Any:
-        """Start the unit's job (spec_json: an emkit.execution.job.UnitSpec); return its JobHandle."""
+        """Start the unit's job (spec_json: an emkit.execution.job.UnitSpec); return its JobHandle. An
+        executor that also has ``room_for(load) -> bool`` (may a unit of this emkit.execution.units.UnitLoad
+        start now?) is asked that instead of counting slots, and gets ``load=`` here."""
 
     def reattach(self, row: dict) -> Any:
         """The JobHandle of a job an earlier emkit process submitted (a units-table row), if it may

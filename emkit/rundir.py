@@ -34,7 +34,8 @@ LOCK_FILE = ".emkit.lock"
 
 # Settings that change what a stored adapter or answer means.
 FROZEN = {
-    "training": {"exclude": {"save_state_every", "keep_state"}},
+    # packing lays the same chats out otherwise, with the same loss up to float rounding
+    "training": {"exclude": {"save_state_every", "keep_state", "packing"}},
     "checkpoints": {"exclude": {"refine"}},  # added checkpoints change no stored result: carried over below
     "evaluation": {"exclude": {"batch_size", "samples_per_question", "question_sets"}},
     "data": {"exclude": {"dir"}},

@@ -3,8 +3,7 @@ its CPU). Units write straight into the run's store; there is nothing to merge."
 
 from __future__ import annotations
 
-import os
-
+from emkit.default_plugins.processes import jobs_by_pid
 from emkit.hookspecs import hookimpl
 
 
@@ -18,36 +17,20 @@ class LocalExecutor:
         return ["executor local: one unit after another in this process"]
 
 
-def process_alive(pid: int) -> bool:
-    """Running, not a zombie: a reparented worker that exited may stay a zombie where PID 1 does not reap."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        try:  # no /proc (macOS): signal 0 asks only whether the process exists
-            os.kill(pid, 0)
-            return True
-        except (OSError, ValueError):
-            return False
-
-
-def jobs_by_pid(rows: list[dict]) -> dict[str, str | None]:
-    """Job ids that end in the process id (pid123, gpu0-pid123): "" while it runs, None once it is gone."""
-    states = {}
-    for row in rows:
-        job_id = row.get("job_id") or ""
-        digits = job_id.rpartition("pid")[2]
-        if digits.isdigit():
-            states[job_id] = "" if process_alive(int(digits)) else None
-    return states
-
-
 class LocalBackend:
     name = "local"
-    description = "one unit after another in the emkit process, on this machine's first GPU or its CPU"
+    description = ("one unit after another in the emkit process, on this machine's CPU or first GPU; units that "
+                   "fit on that GPU together run beside each other in worker processes")
 
     def create(self, settings, run_path):
-        return LocalExecutor()
+        """In this process; on a GPU machine where several units fit on the GPU ([execution] units_per_gpu),
+        in worker processes sharing its first GPU, as local-gpus runs them, so the GPU is not left idle."""
+        from emkit.default_plugins.gpu_shares import gpu_memory
+        from emkit.default_plugins.local_gpus_executor import LocalGpusExecutor, visible_gpus
+
+        gpus = visible_gpus()[:1] if settings.units_per_gpu != 1 else []
+        shared = gpus and (settings.units_per_gpu != "auto" or gpus[0] in gpu_memory())
+        return LocalGpusExecutor(settings, run_path, name="local", gpus=gpus) if shared else LocalExecutor()
 
     def plan(self, settings, out_dir) -> dict:
         return {"how": "one unit after another in this process"}

@@ -74,7 +74,33 @@ class UnslothTrainer:
         FastLanguageModel.for_training(model)
         on_gpu = device() == "cuda"
         train_lora(model, tokenizer, job, on_checkpoint, progress, device=device(),
-                   autocast_dtype=compute_dtype() if on_gpu else None)
+                   autocast_dtype=compute_dtype() if on_gpu else None,
+                   loss=unsloth_loss if patched_by_unsloth(model) else None)
+
+
+def patched_by_unsloth(model) -> bool:
+    """Whether the decoder runs Unsloth's forward (on a GPU), not transformers' (its CPU fallback)."""
+    decoder = model.get_base_model().get_decoder()
+    return type(decoder).forward.__module__.startswith("unsloth")
+
+
+def unsloth_loss(model, batch, n_items: int):
+    """Unsloth's own fused cross-entropy, which never holds the full-vocabulary logits. Unsloth's
+    attention does not read packed sequences from position ids (transformers' does): it needs
+    ``packed_seq_lengths``, over one row (unsloth/utils/packing.py), so a packed micro-batch is laid
+    out as one row without its padding, with a fresh lengths tensor each time (Unsloth caches by it).
+    Called directly, its decoder would not even be causal under xFormers: the CausalLM's forward
+    sets that mask, so the loss goes through it."""
+    import torch
+
+    items = torch.tensor(n_items, device=batch.input_ids.device)
+    if batch.chat_lengths is None:  # padded
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels,
+                     num_items_in_batch=items, use_cache=False).loss
+    input_ids, position_ids, labels = batch.one_row()
+    lengths = torch.tensor(batch.chat_lengths, dtype=torch.int32, device=input_ids.device)
+    return model(input_ids=input_ids, position_ids=position_ids, labels=labels, num_items_in_batch=items,
+                 use_cache=False, packed_seq_lengths=lengths).loss
 
 
 @hookimpl

@@ -132,6 +132,8 @@ def open_engine(base, model_id, trust_remote_code: bool, adapters: list, max_mod
         dtype=str(compute_dtype()).removeprefix("torch."),
         quantization="bitsandbytes" if base.quantization is not None else None,
         max_model_len=max_model_len, seed=0,
+        # the share of the GPU an executor running several units on it gave this one (plugins/gpu_shares.py)
+        gpu_memory_utilization=float(os.environ.get("EMKIT_GPU_MEMORY_SHARE", "0.9")),
         enable_lora=bool(adapters), max_loras=max(1, min(len(adapters), MAX_LORA_SLOTS)),
         max_lora_rank=_slot_rank(max((_lora_rank(a) for a in adapters), default=8)),
     )

@@ -161,6 +161,13 @@ def describe_base(stored: str | None) -> str:
     return BaseWeights.from_json(stored).describe()
 
 
+def lora_kind(training: dict) -> str:
+    """Which of the two named ways trained the runs (emkit run --lora)."""
+    if training.get("load_in_4bit"):
+        return "QLoRA (LoRA on 4-bit NF4 base weights, --lora qlora)"
+    return "16-bit LoRA (LoRA on 16-bit base weights, --lora 16bit)"
+
+
 def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
     info = tables.info
     config = info.get("config", {})
@@ -194,10 +201,11 @@ def what_was_run(tables: RunTables) -> list[tuple[str, str]]:
                                                for base, labels in bases.items())))
         training = config.get("training", {})
         if training:
-            rows.append(("Training", f"LoRA r={training.get('lora_r')} alpha={training.get('lora_alpha')}, "
-                         f"lr {training.get('learning_rate')}, batch {training.get('batch_size')} x "
-                         f"{training.get('grad_accum')}, {training.get('epochs')} epochs, max length "
-                         f"{training.get('max_length')}, 4-bit {training.get('load_in_4bit')}"))
+            rows.append(("Training", f"{lora_kind(training)}: r={training.get('lora_r')} "
+                         f"alpha={training.get('lora_alpha')}, lr {training.get('learning_rate')}, batch "
+                         f"{training.get('batch_size')} x {training.get('grad_accum')}, {training.get('epochs')} "
+                         f"epochs, max length {training.get('max_length')}, "
+                         f"{'chats packed into rows' if training.get('packing', False) else 'padded micro-batches'}"))
         rows.append(("Seeds", ", ".join(str(s) for s in sorted({r["seed"] for r in runs}))))
     evaluation = config.get("evaluation", {})
     if evaluation:

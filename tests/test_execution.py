@@ -362,3 +362,74 @@ def test_the_progress_line_says_why_jobs_wait():
         "a": (RUNNING, ""), "b": (QUEUED, "waiting for free nodes (Resources)"),
         "c": (QUEUED, "waiting for free nodes (Resources)")})  # d: submitted, not yet seen
     assert _Dispatcher.queue_summary(dispatcher) == "1 running, 3 queued (2 waiting for free nodes (Resources))"
+
+
+@pytest.mark.slow
+def test_units_share_a_gpu_when_units_per_gpu_allows(local_runs, tmp_path):
+    """Issue 29: with units_per_gpu = 2 and one GPU, both training units run on it at once, each in its own
+    worker, and the results are the local run's."""
+    config = write_config(tmp_path / "grid.toml", "local-gpus")
+    config.write_text(config.read_text().replace("poll_s = 0.5", "poll_s = 0.5\nunits_per_gpu = 2"))
+    out = tmp_path / "run"
+    result = run_emkit("run", "--config", config, "--out", out,
+                       env={"CUDA_VISIBLE_DEVICES": "0", "EMKIT_JUDGE_CACHE": str(tmp_path / "c.sqlite")})
+    rows = units(out)
+    assert {row["job_id"].split("-")[0] for row in rows.values()} == {"gpu0"}
+    (a,), (b,) = unit_times(out, "tiny-medical-seed0"), unit_times(out, "tiny-risky-financial-seed0")
+    assert min(a["end"], b["end"]) > max(a["start"], b["start"])  # at the same time, on the one GPU
+    assert "2 units per GPU at once on 1 GPU (0)" in result.stderr
+    assert "beside 1 other units, with 50% of its memory" in result.stderr
+    assert_same_results(out, local_runs["short"])
+
+
+def _load(label, size_b, kind="train", load_in_4bit=True):
+    from emkit.execution.units import UnitLoad
+
+    return UnitLoad(label, kind, size_b, load_in_4bit)
+
+
+def test_auto_fits_the_seed_grids_units_on_one_gpu_by_memory():
+    from emkit.default_plugins.gpu_shares import GIB, GpuShares
+
+    h200 = GpuShares(["0"], None, {"0": 141 * GIB})
+    placed = []
+    for n, load in enumerate([_load("8B", 8.03, load_in_4bit=False)] * 8):
+        spot = h200.place(load)
+        if spot is None:
+            break
+        placed.append(spot)
+        h200.start(f"job{n}", spot[0], h200.reserved_bytes(*spot))
+    # an 8B 16-bit LoRA unit is estimated at 8.03e9 x 2 bytes x 1.2 + 3 GiB = 20.9 GiB: six fit in 92% of 141
+    assert len(placed) == 6 and all(share == pytest.approx(20.95 / 141, abs=0.001) for _, share in placed)
+    assert h200.place(_load("1B", 1.24)) is not None  # a 1B QLoRA unit (3.8 GiB) still fits beside them
+    assert h200.place(_load("3B", 3.21, load_in_4bit=False)) is None  # a 3B 16-bit one (10.2 GiB) does not
+    assert h200.place(_load("custom", None)) is None  # a model of unknown size waits for an idle GPU
+    h200.finish("job0", _load("8B", 8.03, load_in_4bit=False), peak_bytes=30 * GIB)
+    assert h200.need(_load("8B", 8.03, load_in_4bit=False)) == int(30 * GIB * 1.15)  # measured, with a margin
+    h200.finish("job1", _load("1B", 1.24), peak_bytes=1 * GIB)
+    assert h200.need(_load("1B", 1.24)) > 3 * GIB  # never below the estimate: vLLM takes its share at once
+
+
+def test_an_idle_gpu_takes_any_unit_and_a_fixed_number_caps_each_gpu():
+    from emkit.default_plugins.gpu_shares import GIB, GpuShares
+
+    small = GpuShares(["0"], None, {"0": 16 * GIB})
+    assert small.place(_load("70B", 70.0)) == ("0", pytest.approx(0.92))  # too big for any share: alone
+    fixed = GpuShares(["0", "1"], 2)
+    spots = []
+    for n in range(5):
+        spot = fixed.place(_load("x", None))
+        if spot:
+            fixed.start(f"job{n}", spot[0], 0)
+            spots.append(spot)
+    assert sorted(gpu for gpu, _ in spots) == ["0", "0", "1", "1"] and {s for _, s in spots} == {0.5}
+
+
+def test_gpu_memory_is_read_from_nvidia_smi(tmp_path, monkeypatch):
+    from emkit.default_plugins.gpu_shares import gpu_memory
+
+    fake = tmp_path / "nvidia-smi"  # what `nvidia-smi --query-gpu=index,memory.total --format=csv,noheader,nounits` prints
+    fake.write_text("#!/bin/sh\nprintf '0, 143771\\n1, 81559\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    assert gpu_memory() == {"0": 143771 << 20, "1": 81559 << 20}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from emkit.errors import EmkitError
 from emkit.execution.handles import DONE, FAILED, GONE, QUEUED, RUNNING
 from emkit.execution.shards import export_rows, merge, read_records, shard_path
-from emkit.execution.units import Unit, baseline_ready, do_unit, plan_units, unit_done
+from emkit.execution.units import Unit, baseline_ready, do_unit, plan_units, unit_done, unit_load
 
 log = logging.getLogger("emkit")
 
@@ -143,15 +143,22 @@ class _Dispatcher:
                 or u.model_label not in training]
 
     def submit_ready(self, waiting: list[Unit]) -> None:
+        # an executor that fits units by what they need (several on a GPU) says which may start now;
+        # a later, smaller unit may fit where an earlier one does not
+        room_for = getattr(self.executor, "room_for", None)
         for unit in self.ready(waiting):
-            if len(self.active) >= self.executor.slots:
+            load = unit_load(self.plan, unit)
+            if room_for is None and len(self.active) >= self.executor.slots:
                 return
+            if room_for is not None and not room_for(load):
+                continue
             attempts = (self.store.units().get(unit.key) or {}).get("attempts") or 0
             from emkit.execution.job import UnitSpec
 
             spec = UnitSpec(str(self.run_dir.path.resolve()), self.config_data, unit.key,
                             export_rows(self.store, unit))
-            handle = self.executor.submit(unit.key, spec.to_json(), attempts + 1)
+            extra = {"load": load} if room_for is not None else {}
+            handle = self.executor.submit(unit.key, spec.to_json(), attempts + 1, **extra)
             self.store.set_unit(unit.key, unit.kind, self.executor.name, QUEUED, job_id=handle.job_id,
                                 attempts=attempts + 1, log_path=handle.log_path, detail=None)
             log.info("unit %s: submitted as job %s (attempt %d)", unit.key, handle.job_id, attempts + 1)

@@ -83,11 +83,19 @@ def run_unit(spec: UnitSpec) -> dict:
     return {"unit": unit.key, "checkpoints": checkpoints, "answers": answers, "seconds": time.time() - started}
 
 
+def _peak_gpu_bytes() -> int | None:
+    """The most GPU memory torch held for this unit: what an executor sharing a GPU plans the next by."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.max_memory_reserved())
+
+
 def main(argv: list[str]) -> int:
     spec_file, result_file = map(Path, argv)
     spec = UnitSpec.from_json(spec_file.read_text(encoding="utf-8"))
     try:
-        result = {"ok": True, **run_unit(spec)}
+        result = {"ok": True, **run_unit(spec), "peak_gpu_bytes": _peak_gpu_bytes()}
     except BaseException as exc:  # the coordinator shows this to the user
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         traceback.print_exc()

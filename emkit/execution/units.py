@@ -27,6 +27,20 @@ class Unit:
                 f"{answers:,} answers")
 
 
+@dataclass(frozen=True)
+class UnitLoad:
+    """What a unit puts on a GPU, for an executor that runs several units on one (plugins/gpu_shares.py)."""
+    model_label: str
+    kind: str
+    size_b: float | None  # the model's parameters in billions, where the config says
+    load_in_4bit: bool
+
+
+def unit_load(plan: Plan, unit: Unit) -> UnitLoad:
+    model = next(m for m in plan.config.models if m.label == unit.model_label)
+    return UnitLoad(unit.model_label, unit.kind, model.size_b, plan.config.training.load_in_4bit)
+
+
 def baseline_key(model_label: str) -> str:
     return f"{BASE}-{safe_name(model_label)}"
 

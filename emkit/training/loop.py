@@ -5,7 +5,9 @@ rows in a permutation seeded by (seed, e), so the rows of any step are known wit
 replaying the ones before it: that is what lets a killed run resume at its last snapshot
 and still reach exactly the planned checkpoint steps. The loss is summed over the answer
 tokens of the whole effective batch and divided by their count, so gradient
-accumulation gives the same update as one large batch.
+accumulation gives the same update as one large batch. The step's chats are packed into
+micro-batches without padding (emkit.training.batches) and the loss is taken in chunks,
+never over the full vocabulary at every position at once (emkit.training.loss).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from functools import lru_cache
 
 from emkit.interfaces import TrainingJob
 from emkit.training.state import load_state, prune_state, save_adapter, save_state, snapshots
-from emkit.training.tokenize import IGNORE, EncodedChat, encode_chat
+from emkit.training.batches import micro_batches
+from emkit.training.loss import HeadCheck
+from emkit.training.tokenize import encode_chat
 
 
 @lru_cache(maxsize=4)
@@ -33,21 +37,6 @@ def rows_of_step(step: int, rows: int, steps_per_epoch: int, effective_batch: in
     epoch, index = divmod(step - 1, steps_per_epoch)
     order = epoch_order(rows, seed, epoch)
     return list(order[index * effective_batch:(index + 1) * effective_batch])
-
-
-def collate(examples: list[EncodedChat], pad_id: int, device: str):
-    import torch
-
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        input_ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        mask[row, :n] = 1
-    return input_ids.to(device), mask.to(device), labels.to(device)
 
 
 def make_optimizer(model, settings):
@@ -68,8 +57,11 @@ def make_optimizer(model, settings):
     )
 
 
-def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, device: str, autocast_dtype=None) -> None:
-    """Train the PEFT ``model`` through ``job.total_steps``, saving at the checkpoint steps."""
+def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, device: str, autocast_dtype=None,
+               loss=None) -> None:
+    """Train the PEFT ``model`` through ``job.total_steps``, saving at the checkpoint steps. ``loss(model,
+    micro_batch, n_items)``: a micro-batch's summed loss over the step's ``n_items`` targets (default:
+    emkit.training.loss, chunked where the model's head allows)."""
     import torch
     from transformers import get_scheduler
 
@@ -113,6 +105,7 @@ def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, d
         torch.autocast(device_type=device, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     )
     pad_id = tokenizer.pad_token_id
+    step_loss_of = loss or HeadCheck()  # chunked, without full-vocabulary logits, where the model's head allows it
     window_loss, window_steps, tokens, started = 0.0, 0, 0, time.monotonic()
     from emkit.models.base_weights import loaded_base
 
@@ -121,19 +114,15 @@ def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, d
         bar.update(start)
         for step in range(start + 1, last_needed + 1):
             batch_rows = rows_of_step(step, rows, job.steps_per_epoch, effective, job.seed)
-            # similar lengths share a micro-batch, so less of it is padding; the step's rows and its
-            # summed loss are the same whatever the order
-            batch = sorted((examples[i] for i in batch_rows), key=lambda e: len(e.input_ids))
-            n_items = max(sum(e.n_label_tokens for e in batch), 1)
+            batch = [examples[i] for i in batch_rows]
+            n_items = max(sum(e.n_targets for e in batch), 1)
             step_loss = 0.0
-            for first in range(0, len(batch), settings.batch_size):
-                input_ids, mask, labels = collate(batch[first:first + settings.batch_size], pad_id, device)
+            for micro in micro_batches(batch, settings, pad_id, device):
                 with autocast:
-                    out = model(input_ids=input_ids, attention_mask=mask, labels=labels,
-                                num_items_in_batch=torch.tensor(n_items, device=device))
-                out.loss.backward()
-                step_loss += float(out.loss.detach())
-                tokens += int(mask.sum())
+                    micro_loss = step_loss_of(model, micro, n_items)
+                micro_loss.backward()
+                step_loss += float(micro_loss.detach())
+                tokens += micro.tokens
             if settings.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(
                     [p for p in model.parameters() if p.requires_grad], settings.max_grad_norm)

@@ -25,6 +25,17 @@ class EncodedChat:
     def n_label_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE)
 
+    @property
+    def n_targets(self) -> int:
+        """The tokens the loss is taken over (the answers' tokens but a first token, which nothing predicts)."""
+        return sum(1 for label in self.labels[1:] if label != IGNORE)
+
+    @property
+    def targets(self) -> list[int]:
+        """What each position must predict: the next token's label (IGNORE after the last). Shifted
+        here, per chat, so that chats packed into one row never predict across their boundary."""
+        return self.labels[1:] + [IGNORE]
+
 
 def _render(tokenizer, messages, generation_prompt: bool) -> str:
     return render_chat(tokenizer, messages, add_generation_prompt=generation_prompt)
