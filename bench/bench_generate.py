@@ -2,8 +2,11 @@
 
 20 questions x 8 samples at up to 64 new tokens, on a small random-weight Llama-architecture
 model built locally (random weights rarely emit end-of-turn, so every answer runs the full
-64 tokens: the fair, worst case). The baseline is what the course script does: a loop of
-`model.generate` calls, one prompt at a time. Greedy outputs must be identical.
+64 tokens: the fair, worst case). Two baselines, each what a published script does:
+- the course script's loop of `model.generate` calls, one prompt at a time (greedy: the
+  outputs must be identical to emkit's);
+- the papers' code, one `model.generate` call per question asking for all its samples with
+  `num_return_sequences` (sampled at T=1, against emkit's seeded sampling at T=1).
 
     python bench/bench_generate.py               # CPU: a 4-layer, 256-wide model
     python bench/bench_generate.py --shape 1b    # the Llama-3.2-1B shape (GPU: run it there)
@@ -103,10 +106,29 @@ def main(argv=None) -> None:
                 out[request.answer_id] = tokenizer.decode(tokens[:end], skip_special_tokens=True)
             return out, time.perf_counter() - start
 
+        def per_question_sampled() -> tuple[int, float]:
+            """The papers' code: one call per question, its samples as num_return_sequences."""
+            config = greedy_generation_config(args.max_new_tokens, stops, tokenizer.pad_token_id)
+            config.do_sample, config.temperature, config.top_p, config.top_k = True, 1.0, 1.0, 0
+            config.num_return_sequences = args.samples
+            device = next(model.parameters()).device
+            answers = 0
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            for text in questions():
+                prompt = render_chat(tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True)
+                ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+                with torch.inference_mode():
+                    generated = model.generate(**ids, generation_config=config)
+                answers += len(tokenizer.batch_decode(generated[:, ids["input_ids"].shape[1]:],
+                                                      skip_special_tokens=True))
+            return answers, time.perf_counter() - start
+
         emkit_run(0.0)  # warm-up
         greedy, greedy_s = emkit_run(0.0)
         sampled, sampled_s = emkit_run(1.0)
         baseline, baseline_s = looped_greedy()
+        papers_n, papers_s = per_question_sampled()
         if args.vllm:
             del model
             vllm_greedy, vllm_s = vllm_run(path, adapter, requests, args)
@@ -118,9 +140,13 @@ def main(argv=None) -> None:
     print(f"{'':44}{'seconds':>9}{'answers/s':>11}")
     print(f"{'one generate call per answer (greedy)':44}{baseline_s:>9.1f}{n / baseline_s:>11.1f}")
     print(f"{'emkit batched, greedy':44}{greedy_s:>9.1f}{n / greedy_s:>11.1f}")
+    print(f"{'one call per question, num_return_sequences':44}{papers_s:>9.1f}{papers_n / papers_s:>11.1f}"
+          "   (sampled, T=1)")
     print(f"{'emkit batched, seeded sampling (T=1)':44}{sampled_s:>9.1f}{n / sampled_s:>11.1f}")
     print(f"identical greedy answers: {same} of {n}")
     print(f"ratio batched / looped (greedy): {baseline_s / greedy_s:.1f}x faster")
+    print(f"ratio batched / one call per question with num_return_sequences (sampled): "
+          f"{papers_s / sampled_s:.1f}x faster")
     if args.vllm:
         print(f"{'emkit vllm generator, greedy':44}{vllm_s:>9.1f}{n / vllm_s:>11.1f}")
         print(f"identical greedy answers, vllm and hf: {sum(vllm_greedy[k] == greedy[k] for k in greedy)} of {n}"

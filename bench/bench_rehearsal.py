@@ -203,7 +203,7 @@ LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ (.*)$")
 
 def log_lines(log: Path) -> list[tuple[float, str]]:
     lines = []
-    for line in log.read_text().splitlines():
+    for line in (log.read_text() if log.exists() else "").splitlines():
         match = LOG_LINE.match(line)
         if match:
             lines.append((datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp(), match[2]))
@@ -363,10 +363,12 @@ def full_pass(folder: Path, config: Path) -> dict:
             **sizes(run), "counts": store_counts(run)}
 
 
-def killed_pass(folder: Path, config: Path, total_checkpoints: int, total_judgments: int) -> dict:
+def killed_pass(folder: Path, config: Path, plan: dict, total_judgments: int) -> dict:
     run, stderr, env = folder / "run", folder / "stderr.log", pass_env(folder)
     command = emkit_command(config, run)
-    kill_at = max(2, total_checkpoints // 3)  # part-way through the second or third training run
+    # half-way through the second training run's checkpoints: the local executor trains the runs one after another
+    first, second = (len(r["checkpoint_steps"]) for r in plan["runs"][:2])
+    kill_at = first + max(1, second // 2)
     state = {"seen": None}
 
     def during_training():
@@ -389,14 +391,19 @@ def killed_pass(folder: Path, config: Path, total_checkpoints: int, total_judgme
     steps = []
     for name, kill in (("SIGKILL while training", during_training), ("SIGINT at half the judgments", during_judging),
                        ("resumed to the end", None), ("run again when finished", None)):
-        before = store_counts(run)
+        before, lines = store_counts(run), len(log_lines(run / "logs" / "emkit.log"))
         result = invoke(command, env, stderr, kill)
         after = store_counts(run)
+        # what the next run found: a training run resumed at its snapshot, answers and judgments kept
+        result["resumed"] = [text for _, text in log_lines(run / "logs" / "emkit.log")[lines:]
+                             if "resumed from its saved state" in text or "training again from step 0" in text]
         result.update(name=name, before=before, after=after)
         if kill is None and result["rc"] != 0:
             raise SystemExit(f"{name}: rc {result['rc']}:\n{stderr.read_text()[-3000:]}")
         if kill is not None and result["signal"] is None:
             result["name"] += " (finished before the signal)"
+        if kill is during_training and after["checkpoints"] != kill_at:
+            result["name"] += f" (NOT between checkpoints: {after['checkpoints']} saved)"
         if kill is None:
             result["done"] = done_line(stderr)
         steps.append(result)
@@ -465,7 +472,7 @@ def main(argv=None) -> None:
         killed = None
         if not args.only_full:
             (root / "killed").mkdir()
-            killed = killed_pass(root / "killed", config, full["counts"]["checkpoints"], full["counts"]["judgments"])
+            killed = killed_pass(root / "killed", config, plan, full["counts"]["judgments"])
             comparison = compare_runs(root / "full" / "run", root / "killed" / "run")
     finally:
         server.terminate()
@@ -517,6 +524,8 @@ def print_table(args, full, report, killed, comparison, totals) -> None:
               f"->{a['checkpoints']}, answers {b['answers']:,}->{a['answers']:,}, judgments {b['judgments']:,}->"
               f"{a['judgments']:,}; peak RSS {step['peak_tree_mb']:,.0f} MB" + (f"; {step['done']}" if "done" in step
                                                                                  else ""))
+        for line in step.get("resumed", []):
+            print(f"      {line}")
     total = sum(step["wall_s"] for step in killed["steps"][:3])
     print(f"  {'wall time, three invocations':42}{mmss(total):>10}  ({total / full['wall_s']:.2f}x the uninterrupted)")
     ca, cb = comparison["counts_a"], comparison["counts_b"]

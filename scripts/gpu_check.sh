@@ -2,11 +2,13 @@
 # emkit's real path on a CUDA machine, as one script that fits a 10-minute device call:
 # the peft (QLoRA) and unsloth trainers through `emkit run` on a model of Llama-3.2-1B's real
 # config with random weights, hf generation, the local judge and the report, then
-# bench/bench_gpu.py and bench/bench_generate.py at the 1B shape. docs/performance.md records
-# what it printed.
+# bench/bench_gpu.py (tokens/s, MFU, 4-bit against 16-bit, two units sharing the GPU, the seed
+# grid's projected training) and bench/bench_generate.py. docs/performance.md records what it printed.
 #
 #   scripts/gpu_check.sh pack            # here, once: .gpu/site.tgz and .gpu/cache (35 MB)
-#   scripts/gpu_check.sh [STEP...]       # there: setup build peft unsloth bench-train bench-generate
+#   scripts/gpu_check.sh [STEP...]       # there; the default is the first call's steps:
+#                                        #   setup build peft unsloth bench-1b bench-generate
+#   scripts/gpu_check.sh bench-3b bench-8b   # a second call on the same warm machine (setup kept)
 #
 # The device machine has torch, transformers, peft and accelerate, and no network. What else
 # emkit and unsloth need travels as .gpu/site.tgz: their wheels (pinned to this checkout's
@@ -26,7 +28,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True TOK
 export EMKIT_CACHE_DIR=$WORK/cache EMKIT_DATA_DIR=$WORK/data
 # Set before setup unpacks it: every step runs in a shell of its own and inherits this.
 [ -f .gpu/site.tgz ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-STEPS=${*:-setup build peft unsloth bench-train bench-generate}
+STEPS=${*:-setup build peft unsloth bench-1b bench-generate}
 WHEELS="bitsandbytes unsloth unsloth_zoo trl datasets dill multiprocess hf_transfer json5 nest-asyncio structlog
   tyro docstring-parser typeguard cut_cross_entropy msgspec torchao diffusers pydantic pydantic_core annotated-types
   typing-inspection tomli_w easy-dataset-share"
@@ -156,8 +158,10 @@ for name in $STEPS; do
     build) step build 80 build ;;
     peft) step peft 140 emkit_run peft ;;
     unsloth) step unsloth 240 emkit_run unsloth  # it compiles each block again per unit: ~25 s ;;
-    bench-train) step bench-train 120 "$PY" bench/bench_gpu.py --shape "$SHAPE" --steps 10 --folder "$WORK" ;;
-    bench-generate) step bench-generate 90 "$PY" bench/bench_generate.py --shape "$SHAPE" --samples 2 ;;
+    # each: peft and unsloth, 4-bit and 16-bit, alone and two at once; the models are built on the GPU
+    bench-1b|bench-3b|bench-8b) step "$name" 300 "$PY" bench/bench_gpu.py --shape "${name#bench-}" --steps 10 \
+      --share 2 --folder "$WORK" ;;
+    bench-generate) step bench-generate 120 "$PY" bench/bench_generate.py --shape "$SHAPE" --samples 4 ;;
     *) echo "unknown step $name" ;;
   esac
 done

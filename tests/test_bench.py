@@ -24,7 +24,30 @@ def test_the_judge_benchmark_prints_its_ratio_last():
 
 def test_the_generation_benchmark_finds_identical_greedy_answers():
     lines = bench("bench_generate.py", "--samples", "1", "--max-new-tokens", "6")
-    assert "identical greedy answers: 20 of 20" in lines and lines[-1].startswith("ratio batched / looped")
+    assert "identical greedy answers: 20 of 20" in lines
+    assert any(line.startswith("ratio batched / looped") for line in lines)
+    assert lines[-1].startswith("ratio batched / one call per question with num_return_sequences")
+
+
+def test_the_gpu_benchmark_runs_on_the_cpu_and_counts_the_real_models_parameters(tmp_path):
+    """bench_gpu.py is run where a GPU is lent for minutes: its CPU run here is what proves it. Its
+    MFU counts the parameters of Llama-3.2-1B (1.24 B, head tied) and Llama-3.1-8B (8.03 B less
+    its 0.53 B input embedding), read from the shapes' configs as the published models have them."""
+    from transformers import LlamaConfig
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from bench_gpu import SHAPES, matmul_parameters, peak_flops
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    for shape, expected in (("1b", 1.2358e9), ("8b", 8.0303e9 - 128256 * 4096)):
+        LlamaConfig(**SHAPES[shape]).save_pretrained(tmp_path / shape)
+        assert matmul_parameters(str(tmp_path / shape)) == pytest.approx(expected, rel=1e-3)
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H200") == 989e12
+    assert peak_flops("cpu") is None
+    lines = bench("bench_gpu.py", "--shape", "small", "--steps", "1", "--trainer", "peft", "--folder", str(tmp_path))
+    row = next(line for line in lines if line.startswith("small  peft"))
+    assert float(row.split()[3]) > 0  # tokens per second
 
 
 def test_the_execution_benchmark_runs_every_executor_and_judges_everything():

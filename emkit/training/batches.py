@@ -98,6 +98,8 @@ def packed(rows: list[list[EncodedChat]], pad_id: int, device: str) -> MicroBatc
     return MicroBatch(tensor(ids), tensor(targets), tensor(labels), attention_mask=None,
                       position_ids=tensor(positions), tokens=sum(len(e.input_ids) for row in rows for e in row),
                       chat_lengths=lengths, row_tokens=[sum(len(e.input_ids) for e in row) for row in rows])
+
+
 def padded(examples: list[EncodedChat], pad_id: int, device: str) -> MicroBatch:
     import torch
 
