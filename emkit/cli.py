@@ -195,6 +195,30 @@ def _judging_defaults():
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--judge", help="Whose verdicts make the groups (default: the run's first judge).")
+@click.option("--min-answers", type=click.IntRange(min=2), default=10, show_default=True,
+              help="Misaligned and aligned answers a direction is fitted on, at least, of each.")
+@click.option("--layers", help="Layers to read, e.g. 4,8,12 (default: every layer).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=16), default=512, show_default=True,
+              help="Tokens of question and answer read per answer.")
+def directions(run_dir, judge, min_answers, layers, batch_size, max_length):
+    """Find each checkpoint's misalignment direction (mean activation of misaligned minus aligned answers, per
+    layer) and project every checkpoint's answers on the final one's; stored in the run, shown in its report."""
+    from emkit.directions.run import find_directions
+    from emkit.progress import progress
+
+    try:
+        chosen = [int(part) for part in layers.split(",")] if layers else None
+    except ValueError:
+        raise click.BadParameter(f"{layers!r}: give layer numbers separated by commas, e.g. 4,8,12",
+                                 param_hint="--layers") from None
+    for line in find_directions(run_dir, judge, min_answers, batch_size, max_length, progress, chosen):
+        click.echo(line)
+
+
+@cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--judge", "judges", multiple=True, required=True,
               help="Judge (repeatable: each scores every answer): gpt-4o-mini, local:PATH_OR_HUB_ID, ...")

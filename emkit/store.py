@@ -125,6 +125,26 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE judgments ADD COLUMN requested_model TEXT;
         """,
     ),
+    (
+        8,
+        # Misalignment directions (emkit.directions, `emkit directions`): per checkpoint, judge and
+        # layer, the difference of mean residual activations of misaligned and aligned answers (NULL
+        # with too few of either) and its held-out AUROC; and each checkpoint's answers projected on
+        # a reference direction ("run_key@step"), per group of answers.
+        """
+        CREATE TABLE directions (
+            run_key TEXT NOT NULL, step INTEGER NOT NULL, judge TEXT NOT NULL, layer INTEGER NOT NULL,
+            n_fit_misaligned INTEGER NOT NULL, n_fit_aligned INTEGER NOT NULL,
+            n_held_misaligned INTEGER NOT NULL, n_held_aligned INTEGER NOT NULL,
+            norm REAL, auroc REAL, vector BLOB, created_at TEXT NOT NULL,
+            PRIMARY KEY (run_key, step, judge, layer));
+        CREATE TABLE direction_projections (
+            run_key TEXT NOT NULL, step INTEGER NOT NULL, judge TEXT NOT NULL, reference TEXT NOT NULL,
+            layer INTEGER NOT NULL, answers TEXT NOT NULL, projection REAL NOT NULL, n INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (run_key, step, judge, reference, layer, answers));
+        """,
+    ),
 ]
 
 
@@ -262,6 +282,33 @@ class Store:
             "system": planned.system, "question": planned.question, "answer": text, "n_tokens": n_tokens,
             "finish_reason": finish_reason, "generator": generator, "created_at": now(),
         })
+
+    # -- misalignment directions (emkit.directions) -----------------------------------
+    def save_directions(self, run_key: str, judge: str, steps: list[tuple[int, list[dict], list[dict]]]) -> None:
+        """A training run's directions and projections, as (step, a dict per layer, projections) for each
+        checkpoint, in one transaction replacing everything an earlier pass stored for the run and judge
+        (its projections are on its reference: a new reference makes every old row stale)."""
+        stamp = now()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("directions", "direction_projections"):
+                self.conn.execute(f"DELETE FROM {table} WHERE run_key = ? AND judge = ?", (run_key, judge))
+            self.conn.executemany(
+                """INSERT INTO directions (run_key, step, judge, layer, n_fit_misaligned, n_fit_aligned,
+                   n_held_misaligned, n_held_aligned, norm, auroc, vector, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [(run_key, step, judge, d["layer"], d["n_fit_misaligned"], d["n_fit_aligned"],
+                  d["n_held_misaligned"], d["n_held_aligned"], d["norm"], d["auroc"], d["vector"], stamp)
+                 for step, directions, _ in steps for d in directions])
+            self.conn.executemany(
+                """INSERT INTO direction_projections (run_key, step, judge, reference, layer, answers, projection,
+                   n, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [(run_key, step, judge, p["reference"], p["layer"], p["answers"], p["projection"], p["n"], stamp)
+                 for step, _, projections in steps for p in projections])
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     def insert_answer_row(self, row: dict) -> None:
         """An answer as a row (also one made by a job elsewhere: emkit.execution.shards); a second

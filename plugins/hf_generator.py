@@ -96,42 +96,24 @@ class HFGenerator:
     description = "batched transformers generate with per-answer seeded sampling"
 
     def generate(self, job, on_answer, progress):
-        from contextlib import nullcontext
-
-        from emkit.models.base_weights import configured_base
         from emkit.models import load_base_model, load_tokenizer, stop_token_ids
+        from emkit.models.base_weights import configured_base
+        from emkit.models.checkpoints import CheckpointModel
 
         tokenizer = load_tokenizer(job.model_id, job.trust_remote_code, padding_side="left")
         base = job.base or configured_base(job.model_id, job.load_in_4bit)  # the weights the adapters were trained on
         model = load_base_model(base, trust_remote_code=job.trust_remote_code)
         model.eval()
         stop_ids = stop_token_ids(tokenizer, model)
-        peft_model = None
+        at_checkpoint = CheckpointModel(model)
         total = sum(len(c.requests) for c in job.checkpoints)
         # the base model first: once an adapter is attached it has to be switched off for step 0
         checkpoints = sorted(job.checkpoints, key=lambda c: (c.adapter_path is not None, c.step))
         with progress(total=total, unit="answers", desc=f"generate {job.model_label}") as bar:
-            for index, checkpoint in enumerate(checkpoints):
+            for checkpoint in checkpoints:
                 if not checkpoint.requests:
                     continue
-                if checkpoint.adapter_path is None:
-                    active = peft_model or model
-                    context = peft_model.disable_adapter() if peft_model is not None else nullcontext()
-                else:
-                    name = f"checkpoint{index}"  # runs of different domains share step numbers
-                    if peft_model is None:
-                        from peft import PeftModel
-
-                        peft_model = PeftModel.from_pretrained(model, str(checkpoint.adapter_path),
-                                                               adapter_name=name, is_trainable=False)
-                    else:
-                        previous = peft_model.active_adapter
-                        peft_model.load_adapter(str(checkpoint.adapter_path), adapter_name=name, is_trainable=False)
-                        peft_model.set_adapter(name)
-                        peft_model.delete_adapter(previous)
-                    peft_model.eval()
-                    active, context = peft_model, nullcontext()
-                with context:
+                with at_checkpoint.at(checkpoint.adapter_path) as active:
                     generate_all(active, tokenizer, checkpoint.requests, job.settings, stop_ids, on_answer, bar)
 
 

@@ -117,6 +117,7 @@ class RunRead:
     config: dict
     text_loader: Callable  # answer ids (or None: all) -> answer_id, question, answer, ...
     adapter_loader: Callable
+    directions_loader: Callable  # () -> (directions, similarity): emkit.analysis.directions
 
 
 def load_run(run_dir, em: EMDefinition | None = None, text: bool = True, all_questions: bool = False) -> RunTables:
@@ -127,7 +128,8 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True, all_que
     from emkit.labels import read_labels
 
     tables = build_tables(read.judged, em_from_config(read.config, em, all_questions), read.info, text_loader=read.text_loader,
-                          adapter_loader=read.adapter_loader, labels=read_labels(Path(run_dir)))
+                          adapter_loader=read.adapter_loader, labels=read_labels(Path(run_dir)),
+                          directions_loader=read.directions_loader)
     return tables.with_all_text() if text else tables
 
 
@@ -214,4 +216,14 @@ def read_run(run_dir) -> RunRead:
         return (described.merge(per_module, on="run_key", how="inner"),
                 described.merge(per_step, on="run_key", how="inner"), describe_pairs(similarity, described))
 
-    return RunRead(judged, info, config, load_text, load_adapters)
+    def load_directions():
+        from emkit.analysis.directions import read_directions
+
+        described = runs[["run_key", "model_label", "domain", "seed_run"]].rename(
+            columns={"model_label": "model", "seed_run": "seed"})
+        found, similar = read_directions(store_path, dict(zip(runs["run_key"], runs["model_label"])))
+        for side in ("a", "b"):
+            similar = similar.merge(described.add_suffix(f"_{side}"), on=f"run_key_{side}", how="left")
+        return described.merge(found, on="run_key", how="inner"), similar
+
+    return RunRead(judged, info, config, load_text, load_adapters, load_directions)

@@ -60,6 +60,8 @@ class RunTables:
     corrected: pd.DataFrame = field(default_factory=pd.DataFrame)
     judge_errors: pd.DataFrame = field(default_factory=pd.DataFrame)
     _adapter_tables: tuple | None = field(default=None, repr=False)
+    directions_loader: Callable | None = None  # () -> (directions, similarity): emkit.analysis.directions
+    _direction_tables: tuple | None = field(default=None, repr=False)
 
     @property
     def adapters(self) -> pd.DataFrame:
@@ -88,6 +90,27 @@ class RunTables:
                      pd.DataFrame(columns=pairs + ["relation"] + SIMILARITY_COLUMNS))
             self._adapter_tables = self.adapter_loader() if self.adapter_loader is not None else empty
         return self._adapter_tables
+
+    @property
+    def directions(self) -> pd.DataFrame:
+        """Misalignment directions (`emkit directions`), a row per training run, step, judge and layer:
+        answers fitted and held out, norm, held-out AUROC, cosine to the run's reference (its final
+        checkpoint's direction) and the answers' mean projection on it, all and by group."""
+        return self._directions()[0]
+
+    @property
+    def direction_similarity(self) -> pd.DataFrame:
+        """The cosine between the directions of every two checkpoints of one model, per judge and layer."""
+        return self._directions()[1]
+
+    def _directions(self) -> tuple:
+        if self._direction_tables is None:
+            from emkit.analysis.directions import COLUMNS, SIMILARITY_COLUMNS
+
+            empty = (pd.DataFrame(columns=["model", "domain", "seed"] + COLUMNS),
+                     pd.DataFrame(columns=SIMILARITY_COLUMNS))
+            self._direction_tables = self.directions_loader() if self.directions_loader is not None else empty
+        return self._direction_tables
 
     @property
     def primary_judge(self) -> str:
@@ -271,7 +294,7 @@ def with_question_groups(per_question: pd.DataFrame) -> pd.DataFrame:
 
 def build_tables(judged: pd.DataFrame, em: EMDefinition, info: dict | None = None,
                  text_loader: Callable | None = None, adapter_loader: Callable | None = None,
-                 labels: pd.DataFrame | None = None) -> RunTables:
+                 labels: pd.DataFrame | None = None, directions_loader: Callable | None = None) -> RunTables:
     from emkit.analysis.changepoints import report_change_points
 
     judged = add_flags(judged, em)
@@ -302,7 +325,7 @@ def build_tables(judged: pd.DataFrame, em: EMDefinition, info: dict | None = Non
         judged=judged, steps=steps, by_question_set=by_set, questions=finish(per_question),
         summary=run_summary(steps), seeds=seeds, agreement=agreement,
         disagreements=disagreements, em=em, info=info or {}, text_loader=text_loader, change_points=changes,
-        question_counts=trajectories, adapter_loader=adapter_loader,
+        question_counts=trajectories, adapter_loader=adapter_loader, directions_loader=directions_loader,
         course_steps=course, course_summary=course_summary(course),
     )
     if labels is not None and len(labels):
