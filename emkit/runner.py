@@ -110,7 +110,10 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
             try:
                 work = run_gpu_work(run_dir, plan, registry, progress, executor, judging)
             except BaseException:  # Ctrl-C, SIGTERM, an error: the calls in flight are cancelled, not waited for
+                cancelling = time.time()
                 judging.cancel()
+                if time.time() - cancelling > 2:  # a stop should take a second; say where the time went
+                    log.warning("judging beside the GPU work took %.1f s to stop", time.time() - cancelling)
                 raise
             judging.finish()
             gpu_done = time.time()
