@@ -62,8 +62,6 @@ def fit(stream, layers: list[int], min_answers: int, reference=None) -> Fitted:
     first): ``group`` is "misaligned", "aligned" or anything else (projected, never fitted),
     ``means`` a [len(layers), hidden] tensor. ``reference``: a direction of that shape to project on.
     A direction is fitted only from at least ``min_answers`` fitting answers of each group."""
-    import torch
-
     sums, n_fit, scores = {}, {g: 0 for g in GROUPS}, {g: [] for g in GROUPS}
     projected_sum, n_projected = {}, {}
     unit_reference = None if reference is None else reference / reference.norm(dim=1, keepdim=True).clamp(min=1e-12)

@@ -82,7 +82,7 @@ def find_directions(run_path: Path, judge: str | None, min_answers: int, batch_s
     config = config_from_dict(saved, str(saved_config_path(run_path)))
     tables = load_run(run_path, text=False)  # texts fetched per checkpoint, as needed
     judges = list(dict.fromkeys(tables.judged["judge"].astype(str)))
-    judge = judge or next((j for j in config.judging.judges if j in judges), judges[0] if judges else None)
+    judge = judge or tables.primary_judge  # the judge the report leads with
     if judge not in judges:
         raise EmkitError(f"No answer in {run_path} was judged by {judge!r}; its judges are "
                          f"{', '.join(judges) or 'none yet (run `emkit run` to the end first)'}.")
