@@ -209,12 +209,49 @@ def directions(run_dir, judge, min_answers, layers, batch_size, max_length):
     from emkit.directions.run import find_directions
     from emkit.progress import progress
 
+    chosen = _layer_list(layers)
+    for line in find_directions(run_dir, judge, min_answers, batch_size, max_length, progress,
+                                list(chosen) if chosen else None):
+        click.echo(line)
+
+
+def _layer_list(text, param_hint="--layers"):
     try:
-        chosen = [int(part) for part in layers.split(",")] if layers else None
+        return tuple(int(part) for part in text.split(",")) if text else None
     except ValueError:
-        raise click.BadParameter(f"{layers!r}: give layer numbers separated by commas, e.g. 4,8,12",
-                                 param_hint="--layers") from None
-    for line in find_directions(run_dir, judge, min_answers, batch_size, max_length, progress, chosen):
+        raise click.BadParameter(f"{text!r}: give layer numbers separated by commas, e.g. 4,8,12",
+                                 param_hint=param_hint) from None
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--ablate", is_flag=True, help="Project the direction out of the residual stream at every position.")
+@click.option("--steer", type=float, metavar="SCALE", help="Add SCALE times the direction instead (1: the aligned "
+              "answers' mean moves onto the misaligned ones').")
+@click.option("--layers", help="Layers to change, e.g. 12 or 8,12 (default: the direction's best layer by held-out "
+              "AUROC).")
+@click.option("--direction", metavar="RUN_KEY@STEP", help="Whose direction (default: each run's final checkpoint's; "
+              "another run's of the same model tests transfer).")
+@click.option("--at", "at", metavar="STEP|final", default="final", show_default=True,
+              help="The checkpoint to generate at; 0 is the base model (steering it tests whether the direction "
+                   "induces misalignment).")
+@click.option("--run", "runs", multiple=True, help="Training run (repeatable; default: every run).")
+@click.option("--judge", help="Whose verdicts made the direction (default: the run's first judge).")
+@click.option("--generator", help="Generator (default: the run's; it must support interventions: hf does).")
+def intervene(run_dir, ablate, steer, layers, direction, at, runs, judge, generator):
+    """Generate a checkpoint's answers again with a misalignment direction ablated or added, judge them like any
+    others, and compare the EM rate with and without (paired by question and sample; resumable)."""
+    from emkit.directions.intervene import Request, run_interventions
+    from emkit.plugins import get_registry
+    from emkit.progress import progress
+
+    if ablate == (steer is not None):
+        raise click.UsageError("Pass one of --ablate or --steer SCALE.")
+    if at != "final" and not at.isdigit():
+        raise click.BadParameter(f"{at!r}: a step number (0: the base model) or 'final'", param_hint="--at")
+    request = Request("ablate" if ablate else "steer", 1.0 if ablate else steer, _layer_list(layers), direction,
+                      None if at == "final" else int(at), tuple(runs), judge)
+    for line in run_interventions(run_dir, request, get_registry(), progress, generator):
         click.echo(line)
 
 

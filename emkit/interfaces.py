@@ -82,6 +82,9 @@ class GenerationJob:
     load_in_4bit: bool = False
     trust_remote_code: bool = False
     base: Any = None  # emkit.models.base_weights.BaseWeights: the weights the adapters were trained on; load these
+    # emkit.directions.hooks.Intervention: every forward pass runs with the residual stream changed (a direction
+    # ablated or added). Only a generator with ``supports_interventions = True`` is given one.
+    intervention: Any = None
 
 
 @dataclass
@@ -100,7 +103,8 @@ class Generator(Protocol):
     description: str
 
     def generate(self, job: GenerationJob, on_answer: OnAnswer, progress: Any) -> None:
-        """Answer every request of every checkpoint, calling ``on_answer`` as each is done."""
+        """Answer every request of every checkpoint, calling ``on_answer`` as each is done. A generator
+        that can apply ``job.intervention`` says so with ``supports_interventions = True``."""
 
 
 # --- judging --------------------------------------------------------------------------

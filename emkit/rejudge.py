@@ -40,20 +40,12 @@ def rejudge(run_path: Path, judges: list[str], registry, progress, **overrides) 
     skipped: a stopped rejudge resumes); returns the judges' tallies."""
     from emkit.plan import build_plan
     from emkit.rundir import RunDirectory
-    from emkit.models.builtins import build_builtins
-    from emkit.runner import builtin_models
-    from emkit.stages.judge import (JudgePool, JudgeTally, check_judge_needs, check_judges_usable, judge_options,
-                                    judge_pass)
+    from emkit.stages.judge import JudgeTally, judge_pass, ready_judge_pool
 
     run_path = Path(run_path)
     config = rejudge_config(run_path, judges, **overrides)
     plan = build_plan(config, registry, need_datasets=False)
-    pool = JudgePool(judge_options(config.judging, config.trust_remote_code), registry)
-    check_judges_usable(config, pool)
-    check_judge_needs(config, pool)
-    needed = builtin_models(config, pool)  # a built-in judge model, built into the cache once
-    if needed:
-        build_builtins(needed)
+    pool = ready_judge_pool(config, registry)
     with RunDirectory(run_path).attach() as run_dir:
         tallies = judge_pass(plan, run_dir.store, config.judging.judges, pool, progress)
         for tally in JudgeTally.per_judge(tallies):
@@ -61,3 +53,4 @@ def rejudge(run_path: Path, judges: list[str], registry, progress, **overrides) 
         rejudged = run_dir.store.get_meta("rejudged_with", [])
         run_dir.store.set_meta("rejudged_with", list(dict.fromkeys(rejudged + [pool.get(j).name for j in judges])))
     return tallies
+

@@ -44,11 +44,9 @@ class RunResult:
 
 def builtin_models(config: ExperimentConfig, pool) -> list[str]:
     """emkit's own offline models the run uses (builtin:NAME as a model, or loaded by a judge)."""
-    from emkit.models.builtins import BUILTIN_PREFIX
-    from emkit.stages.judge import judge_models
+    from emkit.stages.judge import builtin_names
 
-    sources = [m.id for m in config.models] + judge_models(config, pool)
-    return list(dict.fromkeys(s[len(BUILTIN_PREFIX):] for s in sources if s.startswith(BUILTIN_PREFIX)))
+    return builtin_names(config, pool)
 
 
 def _build_builtin_models(names: list[str]) -> None:

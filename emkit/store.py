@@ -145,6 +145,27 @@ MIGRATIONS: list[tuple[int, str]] = [
             PRIMARY KEY (run_key, step, judge, reference, layer, answers));
         """,
     ),
+    (
+        9,
+        # Answers generated with the residual stream changed (emkit.directions.intervene, `emkit
+        # intervene`): the intervention, with the exact vectors it used (a direction found again
+        # later is another intervention), and its answers, each paired with the plain answer of the
+        # same slot (of_answer: same question, sample and sampling seed). Kept apart from `answers`,
+        # which every table reads; their judgments are in `judgments` like any other.
+        """
+        CREATE TABLE interventions (
+            key TEXT PRIMARY KEY, kind TEXT NOT NULL, scale REAL NOT NULL, layers TEXT NOT NULL,
+            source TEXT NOT NULL, vectors BLOB NOT NULL, created_at TEXT NOT NULL);
+        CREATE TABLE intervention_answers (
+            answer_id TEXT PRIMARY KEY, intervention TEXT NOT NULL, of_answer TEXT NOT NULL,
+            model_label TEXT NOT NULL, run_key TEXT NOT NULL, step INTEGER NOT NULL,
+            question_set TEXT NOT NULL, question_id TEXT NOT NULL,
+            paraphrase_index INTEGER NOT NULL, sample_index INTEGER NOT NULL, seed INTEGER NOT NULL,
+            system TEXT, question TEXT NOT NULL, answer TEXT NOT NULL,
+            n_tokens INTEGER, finish_reason TEXT, generator TEXT, created_at TEXT NOT NULL);
+        CREATE INDEX intervention_answers_by_checkpoint ON intervention_answers (intervention, run_key, step);
+        """,
+    ),
 ]
 
 
@@ -155,6 +176,27 @@ ANSWER_COLUMNS = ("answer_id", "model_label", "run_key", "step", "question_set",
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# Store files this process has open through Python's sqlite3, with how many connections. SQLite's
+# locks are POSIX locks, which a process loses all of on a file when it closes any descriptor of it;
+# one SQLite library keeps them right across its own connections, but another copy in the same
+# process (connectorx's, which emkit.analysis reads Arrow through) does not know of them. So it is
+# used only on a store no connection of this process has open: else a writer here loses its locks,
+# and another process closing the store could merge and delete the write-ahead log under it.
+_OPEN_HERE: dict[str, int] = {}
+
+
+def track_open(path: Path, change: int) -> None:
+    key = str(Path(path).resolve())
+    _OPEN_HERE[key] = _OPEN_HERE.get(key, 0) + change
+    if _OPEN_HERE[key] <= 0:
+        del _OPEN_HERE[key]
+
+
+def open_here(path: Path) -> bool:
+    """Whether a connection of this process through Python's sqlite3 has ``path`` open."""
+    return str(Path(path).resolve()) in _OPEN_HERE
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -187,6 +229,7 @@ class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.conn = connect(self.path)
+        track_open(self.path, +1)
         migrate(self.conn, MIGRATIONS)
 
     @classmethod
@@ -195,6 +238,7 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+        track_open(self.path, -1)
 
     # -- meta -------------------------------------------------------------------------
     def set_meta(self, key: str, value) -> None:
@@ -309,6 +353,53 @@ class Store:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    def direction_layers(self, run_key: str, step: int, judge: str) -> dict[int, tuple[bytes | None, float | None]]:
+        """layer -> (the direction as float32 bytes, or None with too few answers; its held-out AUROC)."""
+        rows = self.conn.execute("SELECT layer, vector, auroc FROM directions WHERE run_key = ? AND step = ? AND judge = ?",
+                                 (run_key, step, judge))
+        return {row["layer"]: (row["vector"], row["auroc"]) for row in rows}
+
+    # -- answers under an intervention (emkit.directions.intervene) ----------------------
+    def record_intervention(self, key: str, kind: str, scale: float, layers: list[int], source: str,
+                            vectors: bytes) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO interventions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          (key, kind, scale, json.dumps(layers), source, vectors, now()))
+
+    def existing_intervention_answers(self, answer_ids: Iterable[str]) -> set[str]:
+        ids, found = list(answer_ids), set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            found.update(r[0] for r in self.conn.execute(
+                f"SELECT answer_id FROM intervention_answers WHERE answer_id IN ({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def add_intervention_answer(self, answer_id: str, intervention: str, run_key: str, plain, text: str,
+                                n_tokens: int, finish_reason: str, generator: str) -> None:
+        """An answer made under ``intervention`` in training run ``run_key``, in the slot of the plain answer
+        ``plain`` (a PlannedAnswer: at step 0, the baseline's)."""
+        self.conn.execute(
+            """INSERT OR IGNORE INTO intervention_answers (answer_id, intervention, of_answer, model_label, run_key,
+               step, question_set, question_id, paraphrase_index, sample_index, seed, system, question, answer,
+               n_tokens, finish_reason, generator, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (answer_id, intervention, plain.answer_id, plain.model_label, run_key, plain.step, plain.question_set,
+             plain.question_id, plain.paraphrase_index, plain.sample_index, plain.seed, plain.system, plain.question,
+             text, n_tokens, finish_reason, generator, now()))
+
+    def unjudged_intervention_answers(self, judges: Iterable[str], intervention: str, run_key: str, step: int,
+                                      metrics: list[str]) -> list[tuple[str, str, set[str]]]:
+        """(answer_id, text, metrics scored) of one checkpoint's answers under ``intervention`` that miss a
+        score on one of ``metrics`` by all of ``judges`` (errors are not done yet)."""
+        names = list(judges)
+        marks = ",".join("?" * len(names))
+        scored = [f"EXISTS (SELECT 1 FROM judgments j WHERE j.answer_id = a.answer_id AND j.judge IN ({marks}) "
+                  f"AND j.metric = ? AND j.status != 'error')" for _ in metrics]
+        params = [p for metric in metrics for p in (*names, metric)]
+        rows = self.conn.execute(
+            f"SELECT a.answer_id, a.answer, {', '.join(scored)} FROM intervention_answers a "
+            f"WHERE a.intervention = ? AND a.run_key = ? AND a.step = ? AND NOT ({' AND '.join(scored)})",
+            params + [intervention, run_key, step] + params)
+        return [(r[0], r[1], {m for m, done in zip(metrics, r[2:]) if done}) for r in rows]
 
     def insert_answer_row(self, row: dict) -> None:
         """An answer as a row (also one made by a job elsewhere: emkit.execution.shards); a second

@@ -94,10 +94,12 @@ def generate_all(model, tokenizer, requests, settings, stop_ids, on_answer, bar)
 class HFGenerator:
     name = "hf"
     description = "batched transformers generate with per-answer seeded sampling"
+    supports_interventions = True  # a direction ablated or added through forward hooks (emkit.directions)
 
     def generate(self, job, on_answer, progress):
         from emkit.models import load_base_model, load_tokenizer, stop_token_ids
         from emkit.models.base_weights import configured_base
+        from emkit.directions.hooks import intervene
         from emkit.models.checkpoints import CheckpointModel
 
         tokenizer = load_tokenizer(job.model_id, job.trust_remote_code, padding_side="left")
@@ -113,7 +115,7 @@ class HFGenerator:
             for checkpoint in checkpoints:
                 if not checkpoint.requests:
                     continue
-                with at_checkpoint.at(checkpoint.adapter_path) as active:
+                with at_checkpoint.at(checkpoint.adapter_path) as active, intervene(active, job.intervention):
                     generate_all(active, tokenizer, checkpoint.requests, job.settings, stop_ids, on_answer, bar)
 
 

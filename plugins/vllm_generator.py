@@ -74,8 +74,15 @@ def base_stop_ids(tokenizer, base) -> list[int]:
     return stop_token_ids(tokenizer, SimpleNamespace(generation_config=config))
 
 
+INTERVENTIONS_REFUSED = (
+    "The vllm generator cannot generate with a direction ablated or added: vLLM runs the model in engine worker "
+    "processes with compiled graphs, where no forward hook reaches the residual stream. Pass --generator hf to "
+    "`emkit intervene`.")
+
+
 class VLLMGenerator:
     name = "vllm"
+    supports_interventions = False  # INTERVENTIONS_REFUSED
     description = "vLLM: one engine per base model, each checkpoint's adapter a LoRARequest, a seed per answer"
 
     def check(self, config) -> None:
@@ -96,6 +103,10 @@ class VLLMGenerator:
 
         require_vllm()
         refuse_4bit_base(job)
+        if job.intervention is not None:  # the stage checks supports_interventions first; this is the last word
+            from emkit.errors import EmkitError
+
+            raise EmkitError(INTERVENTIONS_REFUSED)
         base = job.base or configured_base(job.model_id, job.load_in_4bit)
         tokenizer = load_tokenizer(job.model_id, job.trust_remote_code, padding_side="left")
         prompts = {r.answer_id: prompt_ids(tokenizer, r.messages) for c in job.checkpoints for r in c.requests}

@@ -58,4 +58,11 @@ def export_tables(tables, folder: Path) -> list[Path]:
         written.append(write_csv(tables.adapter_modules, folder / "adapter_modules.csv"))
     if len(tables.adapter_similarity):
         written.append(write_csv(tables.adapter_similarity, folder / "adapter_similarity.csv"))
+    if len(tables.directions):  # `emkit directions`
+        written.append(write_csv(tables.directions, folder / "directions.csv"))
+        written.append(write_csv(tables.direction_similarity, folder / "direction_similarity.csv"))
+    interventions = tables.interventions
+    if len(interventions):  # `emkit intervene`
+        layers = ["+".join(map(str, layers)) for layers in interventions["layers"]]
+        written.append(write_csv(interventions.assign(layers=layers), folder / "interventions.csv"))
     return written

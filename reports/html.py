@@ -271,6 +271,9 @@ def draw_figures(tables: RunTables, judge: str, figures_dir: Path | None) -> dic
     from emkit.reports.figures import draw_all, example_table_figure, png_bytes
 
     drawn = draw_all(tables, judge)
+    from emkit.reports.directions import draw as draw_directions
+
+    drawn.update(draw_directions(tables, judge))  # shown in their own section
     examples = example_answers(tables, judge)
     if len(examples):
         worst_questions = examples.groupby("question_id", sort=False, observed=True)["aligned"].min().sort_values().index

@@ -74,7 +74,8 @@ def _course(context):
 
 
 def _figures(context):
-    figures = {name: figure for name, figure in context.figures.items() if name not in OWN_FIGURES}
+    figures = {name: figure for name, figure in context.figures.items()
+               if name not in OWN_FIGURES and not name.startswith("directions_")}
     return {"figures": figures} if figures else None
 
 
@@ -106,6 +107,12 @@ def _emergence(context):
     adapters = adapters.sort_values(["model", "domain", "seed", "step"]).to_dict("records") if len(adapters) else []
     return {"changes": rows, "adapters": adapters, **_similarity(context.tables.adapter_similarity),
             "figure": figure, "permutations": permutations, "alpha": ALPHA, "tested": tested}
+
+
+def _directions(context):
+    from emkit.reports.directions import prepare
+
+    return prepare(context)
 
 
 RELATIONS = ["same domain, other seed", "other domain, same seed", "other domain, other seed", "other model"]
@@ -196,6 +203,8 @@ SECTIONS = [
     TemplateSection("course", "As the course reports it", 15, "section_course.html.j2", _course),
     TemplateSection("figures", "Figures", 20, "section_figures.html.j2", _figures),
     TemplateSection("emergence", "Where misalignment emerges", 25, "section_emergence.html.j2", _emergence),
+    TemplateSection("directions", "Where misalignment lives in the activations", 27, "section_directions.html.j2",
+                    _directions),
     TemplateSection("steps", "EM rate per checkpoint", 30, "section_steps.html.j2", _steps),
     TemplateSection("quadrants", "Aligned and coherent: the four quadrants", 35, "section_quadrants.html.j2",
                     _quadrants),

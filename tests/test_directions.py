@@ -63,9 +63,13 @@ def test_steering_adds_scale_times_the_direction_at_every_position(tiny):
 def test_an_intervention_names_itself_and_refuses_what_it_cannot_do(tiny):
     model, _ = tiny
     vector = torch.ones(model.config.hidden_size)
-    assert Intervention("steer", {3: vector, 1: vector}, scale=8, source="medical@1320").key == \
-        "steerx8:L1+3@medical@1320"
-    assert Intervention("ablate", {2: vector}).key == "ablate:L2"
+    steering = Intervention("steer", {3: vector, 1: vector}, scale=8, source="medical@1320")
+    assert steering.key.startswith("steerx8:L1+3@medical@1320#")
+    assert Intervention("ablate", {2: vector}).key.startswith("ablate:L2#")
+    # the key is exact: another vector is another intervention, and the stored form gives back the same one
+    assert Intervention("ablate", {2: 2 * vector}).key != Intervention("ablate", {2: vector}).key
+    again = Intervention.from_stored("steer", 8.0, steering.layers, "medical@1320", steering.vector_bytes())
+    assert again.key == steering.key and torch.equal(again.vectors[3], vector)
     with pytest.raises(EmkitError, match="'ablate' or 'steer'"):
         Intervention("erase", {0: vector})
     with pytest.raises(EmkitError, match="layer 99 does not exist"):
@@ -189,3 +193,48 @@ def test_directions_say_what_is_missing_in_one_sentence(judged_run, tmp_path):
     assert wrong_layer.returncode != 0 and "has layers 0 to 1" in wrong_layer.stderr
     not_a_run = run_emkit("directions", tmp_path, check=False)
     assert not_a_run.returncode != 0 and "not an emkit run directory" in not_a_run.stderr
+
+
+def test_interventions_say_what_is_wrong_in_one_sentence_and_resume(judged_run, tmp_path):
+    """`emkit intervene`'s bad input, each refused before anything is generated; a second run of the same
+    command generates and judges nothing new."""
+    import sqlite3
+    from contextlib import closing
+
+    from helpers import run_emkit
+
+    def stored():
+        with closing(sqlite3.connect(judged_run / "emkit.sqlite")) as conn:
+            return conn.execute("SELECT COUNT(*) FROM intervention_answers").fetchone()[0]
+
+    def refused(*args, stream="stderr"):
+        result = run_emkit("intervene", judged_run, *args, check=False)
+        assert result.returncode != 0
+        return getattr(result, stream)
+
+    with closing(sqlite3.connect(judged_run / "emkit.sqlite")) as conn, conn:
+        conn.execute("DELETE FROM directions")
+    assert "run `emkit directions" in refused("--ablate")
+    run_emkit("directions", judged_run, "--min-answers", "2")
+    assert "Pass one of --ablate or --steer" in refused()
+    assert "Pass one of --ablate or --steer" in refused("--ablate", "--steer", "2")
+    assert "has checkpoints at steps" in refused("--ablate", "--at", "7")
+    assert "not a training run of" in refused("--ablate", "--run", "nope")
+    assert "as RUN_KEY@STEP" in refused("--ablate", "--direction", "tiny-medical-seed0")
+    assert "has a direction at layers 0, 1 only" in refused("--ablate", "--layers", "5")
+    assert "not an emkit run directory" in run_emkit("intervene", tmp_path, "--ablate", check=False).stderr
+    assert "cannot generate with a direction ablated or added" in refused("--ablate", "--generator", "vllm")
+    assert stored() == 0
+    # a zero steer changes nothing: every answer comes back token for token (same slot, same sampling seed)
+    run_emkit("intervene", judged_run, "--steer", "0", "--at", "0")
+    with closing(sqlite3.connect(judged_run / "emkit.sqlite")) as conn:
+        same = [equal for (equal,) in conn.execute("""SELECT i.answer = a.answer FROM intervention_answers i
+                                                      JOIN answers a ON a.answer_id = i.of_answer""")]
+    assert same and all(same)
+    first = run_emkit("intervene", judged_run, "--steer", "2", "--at", "0")
+    assert "adding 2 x tiny-medical-seed0's step-16 direction at layer 0 takes the base model's EM" in first.stdout
+    answers = stored()
+    assert answers == 2 * len(same)
+    again = run_emkit("intervene", judged_run, "--steer", "2", "--at", "0")
+    assert stored() == answers and "judgments to make" not in again.stderr and \
+        again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]

@@ -205,3 +205,38 @@ def test_the_seeds_pooled_interval_covers_the_rate_over_seeds_and_questions(seed
     assert covered(bounded["pooled_boot_low"], bounded["pooled_boot_high"], truth) >= 0.94
     low, high = wilson_interval(pooled["n_misaligned"], pooled["n_counted"])
     assert covered(low, high, p.mean(axis=(1, 2))) >= 0.94  # these seeds' rate, answers as independent
+
+
+# (mu, sigma, shift, keep): a direction ablated or added; ``keep``: the share of answers the intervention leaves
+# as they were (the same slot and sampling seed give the same answer when the change does not reach it)
+INTERVENTIONS = [(-1.0, 1.0, 0.0, 0.8), (-0.85, 1.0, -1.5, 0.3), (-4.0, 1.0, 3.0, 0.5), (0.0, 1.5, -2.0, 0.0)]
+
+
+@pytest.mark.parametrize("questions, samples", SETTINGS + [(20, 1)])
+@pytest.mark.parametrize("mu, sigma, shift, keep", INTERVENTIONS)
+def test_the_change_an_intervention_makes_covers(questions, samples, mu, sigma, shift, keep):
+    """`emkit intervene`'s change, through its own code (emkit.analysis.interventions.paired_arms). Each answer
+    slot is asked twice; with probability ``keep`` the intervened answer is the plain one, else it is drawn at
+    the question's shifted rate. Its quantity: the change of the population rate, (1 - keep) x (the shifted rate
+    - the plain one), over the population of questions. Null hypothesis of the zero-shift rows: no change."""
+    from emkit.analysis.interventions import paired_arms
+
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((REPS, questions))
+    plain = rng.random((REPS, questions, samples)) < logistic(mu + sigma * z)[..., None]
+    drawn = rng.random((REPS, questions, samples)) < logistic(mu + shift + sigma * z)[..., None]
+    kept = rng.random((REPS, questions, samples)) < keep
+    intervened = np.where(kept, plain, drawn)
+    counts = pd.concat([per_question(plain.sum(axis=2), samples, arm="without"),
+                        per_question(intervened.sum(axis=2), samples, arm="with")], ignore_index=True)
+    for column in ("n", "n_scored", "n_counted_papers", "n_misaligned_papers", "n_coherent_scored", "n_coherent",
+                   "coherent_not_ok", "n_both_scored", "n_aligned_coherent", "n_aligned_incoherent",
+                   "n_misaligned_coherent", "n_misaligned_incoherent", "refusal", "code", "unparseable", "error",
+                   "no_score", "sum_aligned", "count_aligned", "sum_coherent", "count_coherent"):
+        counts[column] = 0
+    shifted, zz, _ = population_rate(mu, sigma, shift)
+    truth = (1 - keep) * (shifted - logistic(mu + sigma * zz).mean())
+    out = paired_arms(counts, ["judge", "model", "domain", "seed"])
+    assert len(out) == REPS
+    assert covered(out["change_low"], out["change_high"], truth) >= 0.94
+    assert (out["change_low"] >= -1).all() and (out["change_high"] <= 1).all()

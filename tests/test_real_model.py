@@ -71,3 +71,53 @@ def test_lost_answers_are_generated_again_word_for_word(smoke):
     assert "done: 0 new checkpoints, 10 new answers, 20 new judgments" in again.stderr
     assert rows(out, f"SELECT answer_id, answer FROM answers WHERE answer_id IN ({marks}) ORDER BY answer_id".replace(
         marks, ",".join(f"'{a}'" for a, _ in lost))) == lost
+
+
+def test_directions_ablation_and_steering_end_to_end_on_the_real_model(smoke, tmp_path):
+    """Issue 30 on SmolLM2: directions at every checkpoint, answers generated with the direction ablated and
+    added, judged, compared with intervals, in the report and exports. The tiny judge's verdicts are
+    noise, so half of each checkpoint's answers are relabelled misaligned: the mechanics, not the numbers."""
+    import shutil
+    from contextlib import closing
+
+    import emkit
+
+    out, _, env = smoke
+    run = tmp_path / "run"
+    shutil.copytree(out, run)  # the other tests' run stays as it was
+    with closing(sqlite3.connect(run / "emkit.sqlite")) as conn, conn:  # closed: the test reads tables itself
+        conn.execute("UPDATE judgments SET status = 'ok', score = 90")
+        conn.execute("""UPDATE judgments SET score = 5 WHERE metric = 'aligned' AND answer_id IN
+                        (SELECT answer_id FROM answers WHERE question_id IN
+                         (SELECT DISTINCT question_id FROM answers ORDER BY question_id LIMIT 8))""")
+    found = run_emkit("directions", run, "--min-answers", "2", env=env)
+    assert found.stdout.count("checkpoints projected on it") == 3, found.stdout
+    tables = emkit.load(run)
+    runs = sorted(tables.directions["run_key"].unique())
+    assert len(runs) == 3 and tables.directions["layer"].nunique() == 30  # SmolLM2-135M's 30 layers
+    key = next(r for r in runs if "medical" in r)
+
+    ablated = run_emkit("intervene", run, "--ablate", "--run", key, env=env)
+    assert re.search(rf"{key}: ablating {key}'s step-\d+ direction at layer \d+ takes step \d+'s EM "
+                     r"\(general questions, .*\) from [\d.]+% \[[\d.]+%, [\d.]+%\] to [\d.]+%", ablated.stdout), \
+        ablated.stdout
+    run_emkit("intervene", run, "--steer", "8", "--at", "0", "--run", key, env=env)
+    same = [equal for (equal,) in rows(run, """SELECT i.answer = a.answer FROM intervention_answers i
+                                              JOIN answers a ON a.answer_id = i.of_answer WHERE i.step = 0""")]
+    assert same and sum(same) < len(same) / 2  # adding the direction changes what the model says
+    judged = rows(run, """SELECT COUNT(DISTINCT j.answer_id) FROM judgments j
+                          JOIN intervention_answers i ON i.answer_id = j.answer_id""")[0][0]
+    assert judged == len(rows(run, "SELECT answer_id FROM intervention_answers"))  # every one judged
+
+    table = emkit.load(run).interventions
+    assert set(table["kind"]) == {"ablate", "steer"} and set(table["questions"]) == {"general", "domain", "all"}
+    assert (table["low_with"] <= table["em_with"]).all() and (table["em_with"] <= table["high_with"]).all()
+    assert (table["change_low"] <= table["change"]).all() and (table["change"] <= table["change_high"]).all()
+    assert (table["n_with"] == table["n_without"]).all() and set(table["generator_with"]) == {"hf"}
+
+    run_emkit("report", run, env=env)
+    report = (run / "report.html").read_text()
+    assert "Where misalignment lives in the activations" in report
+    assert 'id="figure-directions_1"' in report and "Interventions: EM with the direction ablated or added" in report
+    assert {"directions.csv", "direction_similarity.csv", "interventions.csv"} <= {
+        p.name for p in (run / "exports").iterdir()}

@@ -13,6 +13,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+from contextlib import closing
 
 import pandas as pd
 import pytest
@@ -180,3 +181,30 @@ def test_reading_never_writes(read_only_copy, tmp_path):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 5  # never migrated by a reader
     finally:
         conn.close()
+
+
+def test_reading_the_tables_where_the_store_is_being_written_keeps_its_locks(tmp_path):
+    """`emkit run` writes its report (and `emkit intervene` its summary) from tables read in the process that
+    holds the store open. connectorx, which reads them into Arrow, links a SQLite of its own, and closing its
+    connection dropped every lock this process held on the file: another process opening and closing the store
+    then took itself for the last connection and deleted the write-ahead log under the writer."""
+    import subprocess
+    import sys
+
+    from emkit.analysis.store_reader import StoreReader
+    from emkit.store import Store
+
+    path = tmp_path / "emkit.sqlite"
+    store = Store(path)
+    try:
+        store.set_meta("written", 1)
+        with StoreReader(path) as reader:
+            assert reader.arrow("SELECT COUNT(*) AS n FROM meta").column("n").to_pylist() == [1]
+        subprocess.run([sys.executable, "-c", f"import sqlite3; c = sqlite3.connect({str(path)!r}); "
+                        "c.execute('SELECT COUNT(*) FROM meta').fetchall(); c.close()"], check=True)
+        assert path.with_name("emkit.sqlite-wal").exists()  # the writer's log is still there
+        store.set_meta("after", 2)
+    finally:
+        store.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM meta").fetchone()[0] == 2

@@ -104,3 +104,15 @@ def expand_baselines(answers: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     for column in ("model_label", "question_set", "domain"):
         out[column] = out[column].astype("category")
     return out
+
+
+def question_groups(judged: pd.DataFrame, runs: pd.DataFrame):
+    """"domain" for an answer to its run's domain's own question set, "general" for any other."""
+    own = {(row.model_label, row.domain): row.domain_question_set for row in runs.itertuples()}
+    if judged.empty:
+        return pd.Categorical([], categories=["general", "domain"])
+    # one decision per distinct (model, domain, set), spread to the rows by group number
+    grouped = judged.groupby(["model_label", "domain", "question_set"], observed=True, sort=True)
+    codes = grouped.ngroup().to_numpy()
+    is_domain = np.array([own.get((str(m), str(d))) == str(q) for m, d, q in grouped.size().index])
+    return pd.Categorical.from_codes(is_domain[codes].astype(np.int8), categories=["general", "domain"])

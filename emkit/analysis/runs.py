@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from emkit.analysis.joins import attach_judgments, expand_baselines
+from emkit.analysis.joins import attach_judgments, expand_baselines, question_groups
 from emkit.analysis.store_reader import StoreReader
 from emkit.analysis.tables import RunTables, build_tables
 from emkit.em import EMDefinition, em_definition
@@ -75,18 +75,6 @@ def snapshot_changes(snapshots: list[dict]) -> list[str]:
     return notes
 
 
-def question_groups(judged: pd.DataFrame, runs: pd.DataFrame):
-    """"domain" for an answer to its run's domain's own question set, "general" for any other."""
-    own = {(row.model_label, row.domain): row.domain_question_set for row in runs.itertuples()}
-    if judged.empty:
-        return pd.Categorical([], categories=["general", "domain"])
-    # one decision per distinct (model, domain, set), spread to the rows by group number
-    grouped = judged.groupby(["model_label", "domain", "question_set"], observed=True, sort=True)
-    codes = grouped.ngroup().to_numpy()
-    is_domain = np.array([own.get((str(m), str(d))) == str(q) for m, d, q in grouped.size().index])
-    return pd.Categorical.from_codes(is_domain[codes].astype(np.int8), categories=["general", "domain"])
-
-
 def _answer_filter(reader: StoreReader) -> tuple[str, bool]:
     """The WHERE clause of the answers the tables use, and whether the store recorded its plan."""
     clauses = []
@@ -118,6 +106,7 @@ class RunRead:
     text_loader: Callable  # answer ids (or None: all) -> answer_id, question, answer, ...
     adapter_loader: Callable
     directions_loader: Callable  # () -> (directions, similarity): emkit.analysis.directions
+    interventions_loader: Callable  # (judged, em) -> EM with and without: emkit.analysis.interventions
 
 
 def load_run(run_dir, em: EMDefinition | None = None, text: bool = True, all_questions: bool = False) -> RunTables:
@@ -129,7 +118,7 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True, all_que
 
     tables = build_tables(read.judged, em_from_config(read.config, em, all_questions), read.info, text_loader=read.text_loader,
                           adapter_loader=read.adapter_loader, labels=read_labels(Path(run_dir)),
-                          directions_loader=read.directions_loader)
+                          directions_loader=read.directions_loader, interventions_loader=read.interventions_loader)
     return tables.with_all_text() if text else tables
 
 
@@ -139,15 +128,11 @@ def read_run(run_dir) -> RunRead:
     if not store_path.is_file():
         raise EmkitError(f"{run_dir} is not an emkit run directory (no emkit.sqlite); pass the --out of a run.")
     config = read_saved_config(run_dir) or {}
-    from concurrent.futures import ThreadPoolExecutor
-
     with StoreReader(store_path) as reader:
         where, planned = _answer_filter(reader)
-        with ThreadPoolExecutor(max_workers=2) as pool:  # the two big reads release the GIL
-            answers_job = pool.submit(reader.arrow, f"""
-                SELECT answer_id, model_label, run_key, step, question_set, question_id, seed FROM answers{where}""")
-            judgments_job = pool.submit(reader.arrow, "SELECT answer_id, judge, metric, score, status FROM judgments")
-            answers, judgments = answers_job.result(), judgments_job.result()
+        answers, judgments = reader.arrow_many([  # the two big reads, at once
+            f"SELECT answer_id, model_label, run_key, step, question_set, question_id, seed FROM answers{where}",
+            "SELECT answer_id, judge, metric, score, status FROM judgments"])
         answers_stored = reader.conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
         judge_info = reader.frame(
             # a judgment taken from the cache was paid for by whichever run first asked it: not this run's spending
@@ -226,4 +211,9 @@ def read_run(run_dir) -> RunRead:
             similar = similar.merge(described.add_suffix(f"_{side}"), on=f"run_key_{side}", how="left")
         return described.merge(found, on="run_key", how="inner"), similar
 
-    return RunRead(judged, info, config, load_text, load_adapters, load_directions)
+    def load_interventions(judged_plain, em_definition):
+        from emkit.analysis.interventions import read_interventions
+
+        return read_interventions(store_path, judged_plain, em_definition, runs)
+
+    return RunRead(judged, info, config, load_text, load_adapters, load_directions, load_interventions)

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from emkit.store import open_here, track_open
+
 log = logging.getLogger("emkit")
+
+
+def _has_connectorx() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("connectorx") is not None
 
 
 class StoreReader:
@@ -39,6 +47,7 @@ class StoreReader:
                             "written last by the run that made it may be missing from what is read.", self.path)
             self.mode = "immutable=1"
             self.conn = self._connect(self.mode)
+        track_open(self.path, +1)
         self.tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self._columns: dict[str, set[str]] = {}
 
@@ -49,6 +58,7 @@ class StoreReader:
 
     def close(self) -> None:
         self.conn.close()
+        track_open(self.path, -1)
 
     def __enter__(self):
         return self
@@ -70,25 +80,45 @@ class StoreReader:
         return pd.read_sql_query(sql, self.conn, params=params)
 
     def arrow(self, sql: str):
-        """A query's result as an Arrow table. connectorx reads SQLite straight into Arrow, with no
-        Python object per value: at a million answers, seconds instead of tens of seconds. It cannot
-        open an immutable file, so a read-only directory is read through sqlite3."""
+        return self.arrow_many([sql])[0]
+
+    def arrow_many(self, sqls: list[str]) -> list:
+        """Queries' results as Arrow tables, read at once. connectorx reads SQLite straight into Arrow, with
+        no Python object per value: at a million answers, seconds instead of tens of seconds. It links a
+        SQLite of its own, so it reads only a store no connection of this process has open through
+        Python's (emkit.store.track_open says why): this reader's own connection is closed meanwhile, and
+        a store this process is writing is read through sqlite3. So is an immutable (read-only) file,
+        which connectorx cannot open."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self.mode == "mode=ro" and os.access(self.path.parent, os.W_OK) and _has_connectorx():
+            self.close()
+            try:
+                if not open_here(self.path):
+                    with ThreadPoolExecutor(max_workers=len(sqls)) as pool:  # the reads release the GIL
+                        return list(pool.map(self._connectorx, sqls))
+            finally:
+                self.conn = self._connect(self.mode)
+                track_open(self.path, +1)
+        with ThreadPoolExecutor(max_workers=len(sqls)) as pool:
+            return list(pool.map(self._through_sqlite3, sqls))
+
+    def _connectorx(self, sql: str):
+        import connectorx
+        from urllib.parse import quote
+
+        return connectorx.read_sql("sqlite://" + quote(str(self.path.resolve())), sql, return_type="arrow")
+
+    def _through_sqlite3(self, sql: str):
         import pyarrow as pa
 
-        if self.mode == "mode=ro" and os.access(self.path.parent, os.W_OK):
-            try:
-                import connectorx
-            except ImportError:
-                connectorx = None
-            if connectorx is not None:
-                from urllib.parse import quote
-
-                return connectorx.read_sql("sqlite://" + quote(str(self.path.resolve())), sql, return_type="arrow")
-        conn = self._connect(self.mode)  # a connection of this thread's own (load_run reads in two)
+        conn = self._connect(self.mode)  # a connection of this thread's own
+        track_open(self.path, +1)
         try:
             return pa.Table.from_pandas(pd.read_sql_query(sql, conn), preserve_index=False)
         finally:
             conn.close()
+            track_open(self.path, -1)
 
     def meta(self, key: str, default=None):
         import json

@@ -25,6 +25,11 @@ from emkit.em import EMDefinition
 
 RUN_KEYS = ["judge", "model", "size_b", "domain", "seed"]
 TRAJECTORY = RUN_KEYS + ["questions"]  # one EM trajectory: its rates over the steps
+# RunTables.interventions (emkit.analysis.interventions): what is described, then each arm and the change
+INTERVENTION_COLUMNS = ["judge", "model", "size_b", "domain", "seed", "run_key", "step", "intervention", "questions",
+                        "kind", "scale", "layers", "source", "n_with", "em_with", "low_with", "high_with", "n_without",
+                        "em_without", "low_without", "high_without", "change", "change_low", "change_high",
+                        "coherent_with", "coherent_without", "generator_with", "generator_without"]
 
 
 @dataclass
@@ -62,6 +67,9 @@ class RunTables:
     _adapter_tables: tuple | None = field(default=None, repr=False)
     directions_loader: Callable | None = None  # () -> (directions, similarity): emkit.analysis.directions
     _direction_tables: tuple | None = field(default=None, repr=False)
+    # (judged, em) -> EM with and without each intervention: emkit.analysis.interventions
+    interventions_loader: Callable | None = None
+    _intervention_table: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def adapters(self) -> pd.DataFrame:
@@ -111,6 +119,17 @@ class RunTables:
                      pd.DataFrame(columns=SIMILARITY_COLUMNS))
             self._direction_tables = self.directions_loader() if self.directions_loader is not None else empty
         return self._direction_tables
+
+    @property
+    def interventions(self) -> pd.DataFrame:
+        """EM with a direction ablated or added (`emkit intervene`) against the same checkpoint's plain answers in
+        the same slots, a row per judge, run, step, intervention and question group: each arm's rate and cluster
+        interval, the change and its paired interval, mean coherence, the generator of each arm."""
+        if self._intervention_table is None:
+            self._intervention_table = (self.interventions_loader(self.judged, self.em)
+                                        if self.interventions_loader is not None
+                                        else pd.DataFrame(columns=INTERVENTION_COLUMNS))
+        return self._intervention_table
 
     @property
     def primary_judge(self) -> str:
@@ -294,7 +313,8 @@ def with_question_groups(per_question: pd.DataFrame) -> pd.DataFrame:
 
 def build_tables(judged: pd.DataFrame, em: EMDefinition, info: dict | None = None,
                  text_loader: Callable | None = None, adapter_loader: Callable | None = None,
-                 labels: pd.DataFrame | None = None, directions_loader: Callable | None = None) -> RunTables:
+                 labels: pd.DataFrame | None = None, directions_loader: Callable | None = None,
+                 interventions_loader: Callable | None = None) -> RunTables:
     from emkit.analysis.changepoints import report_change_points
 
     judged = add_flags(judged, em)
@@ -326,6 +346,7 @@ def build_tables(judged: pd.DataFrame, em: EMDefinition, info: dict | None = Non
         summary=run_summary(steps), seeds=seeds, agreement=agreement,
         disagreements=disagreements, em=em, info=info or {}, text_loader=text_loader, change_points=changes,
         question_counts=trajectories, adapter_loader=adapter_loader, directions_loader=directions_loader,
+        interventions_loader=interventions_loader,
         course_steps=course, course_summary=course_summary(course),
     )
     if labels is not None and len(labels):

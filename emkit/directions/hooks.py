@@ -82,11 +82,34 @@ class Intervention:
             raise EmkitError("an intervention needs a direction at one layer at least.")
 
     @property
+    def layers(self) -> list[int]:
+        return sorted(self.vectors)
+
+    def vector_bytes(self) -> bytes:
+        """The vectors as float32, layer after layer in ``layers`` order: what is stored beside its answers."""
+        import numpy as np
+
+        return b"".join(np.asarray(self.vectors[layer].detach().cpu().float().numpy(), dtype=np.float32).tobytes()
+                        for layer in self.layers)
+
+    @property
     def key(self) -> str:
-        """Short and stable: what answers generated under it are keyed by."""
-        layers = "+".join(str(layer) for layer in sorted(self.vectors))
+        """What answers generated under it are keyed by: readable (kind, scale, layers, source) and exact
+        (a digest of the vectors: a direction fitted again from other answers is another intervention)."""
+        import hashlib
+
+        layers = "+".join(str(layer) for layer in self.layers)
         scale = "" if self.kind == "ablate" else f"x{self.scale:g}"
-        return f"{self.kind}{scale}:L{layers}" + (f"@{self.source}" if self.source else "")
+        digest = hashlib.sha256(self.vector_bytes()).hexdigest()[:8]
+        return f"{self.kind}{scale}:L{layers}" + (f"@{self.source}" if self.source else "") + f"#{digest}"
+
+    @classmethod
+    def from_stored(cls, kind: str, scale: float, layers: list[int], source: str, vectors: bytes) -> "Intervention":
+        import numpy as np
+        import torch
+
+        rows = np.frombuffer(vectors, dtype=np.float32).reshape(len(layers), -1)
+        return cls(kind, {layer: torch.from_numpy(rows[i].copy()) for i, layer in enumerate(layers)}, scale, source)
 
 
 def ablate(hidden, direction):

@@ -251,19 +251,33 @@ def build_targets(plan: Plan, store, judges: list[str], library: PromptLibrary) 
             checkpoints.add((label, run_key, step))
     if not missing:
         return []
-    questions = {(name, q.id): (q, qset.path) for name, qset in plan.question_sets.items() for q in qset.questions}
+    questions = question_index(plan)
     targets = []
     for answer in plan.answers(only=checkpoints):
         if answer.answer_id not in missing:
             continue  # not generated (yet), or judged
         text, scored = missing[answer.answer_id]
-        question, path = questions[(answer.question_set, answer.question_id)]
-        for metric in metrics_by_run[(answer.model_label, answer.run_key)]:
-            if metric in scored:
-                continue
-            template = library.template_for(metric, question, path)
-            prompt = library.render(template, answer.question, text)
-            targets.append(JudgeTarget(answer.answer_id, metric, prompt, template.version))
+        targets += answer_targets(answer.answer_id, answer, text, metrics_by_run[(answer.model_label, answer.run_key)],
+                                  scored, questions, library)
+    return targets
+
+
+def question_index(plan: Plan) -> dict:
+    """(question set, question id) -> (the question, its set's file): what a metric's template is chosen by."""
+    return {(name, q.id): (q, qset.path) for name, qset in plan.question_sets.items() for q in qset.questions}
+
+
+def answer_targets(answer_id: str, asked, text: str, metrics: list[str], scored: set[str], questions: dict,
+                   library: PromptLibrary) -> list[JudgeTarget]:
+    """The judgments one answer still needs: ``asked`` (a PlannedAnswer) says which question it answers, as
+    asked; ``answer_id`` is the answer's own (an intervention's answer fills a plain answer's slot)."""
+    question, path = questions[(asked.question_set, asked.question_id)]
+    targets = []
+    for metric in metrics:
+        if metric in scored:
+            continue
+        template = library.template_for(metric, question, path)
+        targets.append(JudgeTarget(answer_id, metric, library.render(template, asked.question, text), template.version))
     return targets
 
 
@@ -279,15 +293,24 @@ def judge_pass(plan: Plan, store, specs: list[str], pool: JudgePool, progress,
     ``earlier``: this run's tallies of passes before this one; the error share counts them too.
     ``fallbacks=False``: each judge alone (beside the GPU work, answers wait for their own judge).
     ``primary_again``: answers a fallback scored are scored by their own judge too (no fallback)."""
-    settings = plan.config.judging
     library = PromptLibrary(plan.domains)
+    return judge_targets(plan, store, specs, pool, progress, lambda names: build_targets(plan, store, names, library),
+                         earlier, max_error_share, fallbacks, primary_again)
+
+
+def judge_targets(plan: Plan, store, specs: list[str], pool: JudgePool, progress, targets_for,
+                  earlier: list[JudgeTally] | None = None, max_error_share: float | None = None,
+                  fallbacks: bool = True, primary_again: bool = False) -> list[JudgeTally]:
+    """What judge_pass does, over the targets ``targets_for(names)`` gives: the judgments none of ``names``
+    (a judge and its fallbacks) has made yet."""
+    settings = plan.config.judging
     cache = JudgeCache(default_cache_path(settings.cache))
     tallies = []
     try:
         for spec in specs:
             chain = judge_chain(spec, settings.fallback) if fallbacks and not primary_again else [spec]
             names = [pool.get(s).name for s in chain]
-            targets = build_targets(plan, store, names, library)
+            targets = targets_for(names)
             if not targets:
                 continue
             share = settings.max_error_share if max_error_share is None else max_error_share
@@ -338,3 +361,26 @@ def fallback_lines(store, settings) -> list[str]:
     return [f"{n} answers were scored by {fallback} in place of {spec}; once {spec} can be reached, "
             f"`emkit run ... --rejudge-fallbacks` has {spec} score them too"
             for spec, fallback, n in scored_by_fallback(store, settings)]
+
+
+def ready_judge_pool(config, registry, with_models: bool = False) -> JudgePool:
+    """The config's judges, checked usable here and able to do what it asks (before any work), and their
+    built-in models (``with_models``: the config's models' too) built into the cache once: judging outside
+    `emkit run` starts from this."""
+    from emkit.models.builtins import build_builtins
+
+    pool = JudgePool(judge_options(config.judging, config.trust_remote_code), registry)
+    check_judges_usable(config, pool)
+    check_judge_needs(config, pool)
+    needed = builtin_names(config, pool, with_models)
+    if needed:
+        build_builtins(needed)
+    return pool
+
+
+def builtin_names(config, pool: JudgePool, with_models: bool = True) -> list[str]:
+    """emkit's own offline models the judges load (builtin:NAME), and the config's models' with ``with_models``."""
+    from emkit.models.builtins import BUILTIN_PREFIX
+
+    sources = ([m.id for m in config.models] if with_models else []) + judge_models(config, pool)
+    return list(dict.fromkeys(s[len(BUILTIN_PREFIX):] for s in sources if s.startswith(BUILTIN_PREFIX)))
