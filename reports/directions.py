@@ -121,10 +121,13 @@ def prepare(context):
         similarity = final_cosines(tables.direction_similarity, directions, best)
     rows = interventions.to_dict("records")
     for row in rows:
-        row["sentence"] = describe(row)
         row["layers_text"] = ",".join(map(str, row["layers"]))
+    # a sentence per intervention, on the headline questions (the general ones, where EM is emergent)
+    headline = headline_questions(interventions) if len(interventions) else "all"
+    sentences = [{**row, "sentence": describe(row)} for row in rows if row["questions"] == headline]
     figures = {name: figure for name, figure in context.figures.items() if name.startswith("directions_")}
-    return {"judge": chosen, "runs": runs, "similarity": similarity, "interventions": rows, "figures": figures}
+    return {"judge": chosen, "runs": runs, "similarity": similarity, "interventions": rows, "sentences": sentences,
+            "figures": figures}
 
 
 def final_cosines(similarity: pd.DataFrame, directions: pd.DataFrame, best: dict[str, int]) -> list[dict]:

@@ -8,7 +8,7 @@
 #   scripts/gpu_check.sh pack            # here, once: .gpu/site.tgz and .gpu/cache (35 MB)
 #   scripts/gpu_check.sh [STEP...]       # there; the default is the first call's steps:
 #                                        #   setup build peft unsloth bench-1b bench-generate
-#   scripts/gpu_check.sh bench-3b bench-8b   # a second call on the same warm machine (setup kept)
+#   scripts/gpu_check.sh bench-3b bench-8b bench-directions   # a second call on the same warm machine
 #
 # The device machine has torch, transformers, peft and accelerate, and no network. What else
 # emkit and unsloth need travels as .gpu/site.tgz: their wheels (pinned to this checkout's
@@ -162,6 +162,9 @@ for name in $STEPS; do
     bench-1b|bench-3b|bench-8b) step "$name" 300 "$PY" bench/bench_gpu.py --shape "${name#bench-}" --steps 10 \
       --share 2 --folder "$WORK" ;;
     bench-generate) step bench-generate 120 "$PY" bench/bench_generate.py --shape "$SHAPE" --samples 4 ;;
+    # misalignment directions: activations per answer and layer, streamed against the papers' hidden states
+    bench-directions) step bench-directions 120 "$PY" bench/bench_directions.py --shape "$SHAPE" --answers 512 \
+      --folder "$WORK" ;;
     *) echo "unknown step $name" ;;
   esac
 done

@@ -118,12 +118,14 @@ def run_interventions(run_path: Path, request: Request, registry, progress,
     if unknown:
         raise EmkitError(f"--run {', '.join(unknown)}: not a training run of {run_path}; its runs are "
                          f"{', '.join(run.key for run in plan.runs)}.")
-    pool = ready_judge_pool(config, registry, with_models=True)
+    if request.direction:
+        parse_direction(request.direction)  # its form, before anything is read
     judge = request.judge or _primary_judge(run_path)
     done, lines = [], []
     with RunDirectory(run_path).attach() as run_dir:
         store = run_dir.store
         models = {run.key: run.model.label for run in plan.runs}
+        chosen = []  # every run's choice made, and each bad input refused, before any model is loaded
         for run in runs:
             checkpoints = store.checkpoints(run.key)
             if not checkpoints:
@@ -134,8 +136,11 @@ def run_interventions(run_path: Path, request: Request, registry, progress,
             if at != 0 and at not in checkpoints:
                 raise EmkitError(f"--at {at}: {run.key} has checkpoints at steps "
                                  f"{', '.join(map(str, sorted(checkpoints)))} (and 0, the base model).")
-            intervention = choose_intervention(store, request, run, judge, final, models)
-            _generate(store, plan, run, at, None if at == 0 else checkpoints[at], intervention, generator, progress)
+            chosen.append((run, at, None if at == 0 else checkpoints[at],
+                           choose_intervention(store, request, run, judge, final, models)))
+        pool = ready_judge_pool(config, registry, with_models=True) if chosen else None
+        for run, at, adapter, intervention in chosen:
+            _generate(store, plan, run, at, adapter, intervention, generator, progress)
             _judge(store, plan, run, at, intervention, pool, progress)
             done.append((run.key, at, intervention.key))
     # read back once the store is closed: the tables read it as any reader does
