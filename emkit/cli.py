@@ -236,17 +236,22 @@ def _layer_list(text, param_hint="--layers"):
               help="The checkpoint to generate at; 0 is the base model (steering it tests whether the direction "
                    "induces misalignment).")
 @click.option("--run", "runs", multiple=True, help="Training run (repeatable; default: every run).")
-@click.option("--judge", help="Whose verdicts made the direction (default: the run's first judge).")
+@click.option("--judge", help="Whose verdicts made the direction; it judges the new answers too, beside the run's "
+              "judges (default: the judge the report leads with).")
 @click.option("--generator", help="Generator (default: the run's; it must support interventions: hf does).")
 def intervene(run_dir, ablate, steer, layers, direction, at, runs, judge, generator):
     """Generate a checkpoint's answers again with a misalignment direction ablated or added, judge them like any
     others, and compare the EM rate with and without (paired by question and sample; resumable)."""
+    import math
+
     from emkit.directions.intervene import Request, run_interventions
     from emkit.plugins import get_registry
     from emkit.progress import progress
 
     if ablate == (steer is not None):
         raise click.UsageError("Pass one of --ablate or --steer SCALE.")
+    if steer is not None and not math.isfinite(steer):
+        raise click.BadParameter(f"{steer}: the scale is a finite number, e.g. 4 or -2", param_hint="--steer")
     if at != "final" and not at.isdigit():
         raise click.BadParameter(f"{at!r}: a step number (0: the base model) or 'final'", param_hint="--at")
     request = Request("ablate" if ablate else "steer", 1.0 if ablate else steer, _layer_list(layers), direction,

@@ -360,10 +360,17 @@ class Store:
                                  (run_key, step, judge))
         return {row["layer"]: (row["vector"], row["auroc"]) for row in rows}
 
+    def direction_steps(self, run_key: str, judge: str) -> list[int]:
+        """The steps of a run with rows in `directions` under ``judge`` (a direction or its too-few-answers row)."""
+        rows = self.conn.execute("SELECT DISTINCT step FROM directions WHERE run_key = ? AND judge = ? ORDER BY step",
+                                 (run_key, judge))
+        return [row[0] for row in rows]
+
     # -- answers under an intervention (emkit.directions.intervene) ----------------------
     def record_intervention(self, key: str, kind: str, scale: float, layers: list[int], source: str,
                             vectors: bytes) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO interventions VALUES (?, ?, ?, ?, ?, ?, ?)",
+        # ON CONFLICT, not OR IGNORE: the same key again is nothing new, a NULL where none may be is an error
+        self.conn.execute("INSERT INTO interventions VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
                           (key, kind, scale, json.dumps(layers), source, vectors, now()))
 
     def existing_intervention_answers(self, answer_ids: Iterable[str]) -> set[str]:

@@ -63,8 +63,12 @@ def run_figure(run: dict, directions: pd.DataFrame, steps: pd.DataFrame, adapter
     axes[3].set_ylim(0, 1.02)
     axes[3].set_title(f"held-out AUROC by layer, step {int(final['step'].max())}", fontsize=9)
     axes[3].set_xlabel("layer")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes[:3]:
         ax.set_xlabel("training step (0 = base model)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[3].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"{run['model']} {run['domain']} seed {run['seed']}", fontsize=10)
     return fig
 
@@ -105,7 +109,7 @@ def prepare(context):
     chosen = direction_judge(directions, context.judge)
     if chosen is None and interventions.empty:
         return None
-    runs, similarity = [], []
+    runs, similarity, forming = [], [], []
     if chosen is not None:
         directions = directions[directions["judge"] == chosen]
         best = best_layers(directions)
@@ -119,15 +123,28 @@ def prepare(context):
                          "projection_base": at_layer["projection_all"].get(0, np.nan),
                          "projection_final": at_layer["projection_all"].get(final_step, np.nan)})
         similarity = final_cosines(tables.direction_similarity, directions, best)
+        # how each run's direction forms: every checkpoint's at the best layer, against the final one
+        at_best = directions[directions["layer"] == directions["run_key"].map(best)]
+        forming = at_best.sort_values(["model", "domain", "seed", "step"]).to_dict("records")
     rows = interventions.to_dict("records")
     for row in rows:
         row["layers_text"] = ",".join(map(str, row["layers"]))
+        row["change_text"] = signed_points(row["change"])
+        row["change_interval"] = f"[{signed_points(row['change_low'])}, {signed_points(row['change_high'])}]"
     # a sentence per intervention, on the headline questions (the general ones, where EM is emergent)
     headline = headline_questions(interventions) if len(interventions) else "all"
     sentences = [{**row, "sentence": describe(row)} for row in rows if row["questions"] == headline]
     figures = {name: figure for name, figure in context.figures.items() if name.startswith("directions_")}
-    return {"judge": chosen, "runs": runs, "similarity": similarity, "interventions": rows, "sentences": sentences,
-            "figures": figures}
+    return {"judge": chosen, "runs": runs, "similarity": similarity, "forming": forming, "interventions": rows,
+            "sentences": sentences, "figures": figures}
+
+
+def signed_points(rate_change) -> str:
+    """A change of rates in percentage points, signed, one decimal: +19.0, -4.5, 0.0."""
+    if rate_change != rate_change:
+        return "n/a"
+    points = round(float(rate_change) * 100, 1)
+    return f"{points:+.1f}" if points else "0.0"
 
 
 def final_cosines(similarity: pd.DataFrame, directions: pd.DataFrame, best: dict[str, int]) -> list[dict]:

@@ -101,16 +101,25 @@ def test_directions_ablation_and_steering_end_to_end_on_the_real_model(smoke, tm
     assert re.search(rf"{key}: ablating {key}'s step-\d+ direction at layer \d+ takes step \d+'s EM "
                      r"\(general questions, .*\) from [\d.]+% \[[\d.]+%, [\d.]+%\] to [\d.]+%", ablated.stdout), \
         ablated.stdout
-    run_emkit("intervene", run, "--steer", "8", "--at", "0", "--run", key, env=env)
+    # the medical run's direction added to the base model, for it and for another domain's run (transfer)
+    other = next(r for r in runs if r != key)
+    final = int(tables.directions.loc[tables.directions["run_key"] == key, "step"].max())
+    run_emkit("intervene", run, "--steer", "8", "--at", "0", "--direction", f"{key}@{final}", "--run", key,
+              "--run", other, env=env)
     same = [equal for (equal,) in rows(run, """SELECT i.answer = a.answer FROM intervention_answers i
                                               JOIN answers a ON a.answer_id = i.of_answer WHERE i.step = 0""")]
     assert same and sum(same) < len(same) / 2  # adding the direction changes what the model says
+    # each run has its own answers in the baseline's general slots, which the two runs share
+    general = rows(run, """SELECT run_key, COUNT(*) FROM intervention_answers WHERE step = 0
+                           AND question_set = 'general' GROUP BY run_key""")
+    assert len(general) == 2 and general[0][1] == general[1][1] > 0
     judged = rows(run, """SELECT COUNT(DISTINCT j.answer_id) FROM judgments j
                           JOIN intervention_answers i ON i.answer_id = j.answer_id""")[0][0]
     assert judged == len(rows(run, "SELECT answer_id FROM intervention_answers"))  # every one judged
 
     table = emkit.load(run).interventions
     assert set(table["kind"]) == {"ablate", "steer"} and set(table["questions"]) == {"general", "domain", "all"}
+    assert len(table[table["kind"] == "steer"]) == 6  # two runs x three question groups
     assert (table["low_with"] <= table["em_with"]).all() and (table["em_with"] <= table["high_with"]).all()
     assert (table["change_low"] <= table["change"]).all() and (table["change"] <= table["change_high"]).all()
     assert (table["n_with"] == table["n_without"]).all() and set(table["generator_with"]) == {"hf"}

@@ -39,8 +39,10 @@ class Request:
     judge: str | None = None  # whose verdicts made the direction (default: the run's primary judge)
 
 
-def intervention_answer_id(plain_answer_id: str, intervention_key: str) -> str:
-    return hashlib.sha256(f"{plain_answer_id}\x1f{intervention_key}".encode()).hexdigest()[:24]
+def intervention_answer_id(plain_answer_id: str, intervention_key: str, run_key: str) -> str:
+    """The run is in the key too: at step 0 two runs of one model fill the same baseline slots, each with its
+    own answers (the same direction given to both, to test transfer, is still two sets of answers)."""
+    return hashlib.sha256(f"{plain_answer_id}\x1f{intervention_key}\x1f{run_key}".encode()).hexdigest()[:24]
 
 
 def parse_direction(text: str) -> tuple[str, int]:
@@ -65,9 +67,14 @@ def choose_intervention(store, request: Request, run, judge: str, final_step: in
                          f"spaces. Pass --run to pick runs of {models[source_run]}.")
     stored = store.direction_layers(source_run, source_step, judge)
     if not stored:
-        raise EmkitError(f"No direction of {source_run} at step {source_step} under judge {judge} is stored: run "
-                         f"`emkit directions RUN{'' if judge is None else ' --judge ' + judge}` first (it finds one "
-                         f"at every checkpoint with enough answers).")
+        if store.direction_steps(source_run, judge):
+            raise EmkitError(f"{source_run} has no direction at step {source_step} under judge {judge}: `emkit "
+                             f"directions` found none at its final checkpoint (too few misaligned or aligned answers "
+                             f"for --min-answers), so it made no timeline; lower --min-answers, or pass --direction "
+                             f"RUN_KEY@STEP of another run.")
+        raise EmkitError(f"No direction of {source_run} under judge {judge} is stored: run `emkit directions RUN"
+                         f"{' --judge ' + judge if request.judge else ''}` first (it finds one at every checkpoint "
+                         f"with enough answers).")
     usable = {layer: (vector, auroc) for layer, (vector, auroc) in stored.items() if vector is not None}
     if not usable:
         raise EmkitError(f"{source_run} at step {source_step} has too few misaligned or aligned answers for a "
@@ -141,7 +148,7 @@ def run_interventions(run_path: Path, request: Request, registry, progress,
         pool = ready_judge_pool(config, registry, with_models=True) if chosen else None
         for run, at, adapter, intervention in chosen:
             _generate(store, plan, run, at, adapter, intervention, generator, progress)
-            _judge(store, plan, run, at, intervention, pool, progress)
+            _judge(store, plan, run, at, intervention, pool, progress, judge)
             done.append((run.key, at, intervention.key))
     # read back once the store is closed: the tables read it as any reader does
     return lines + _lines(run_path, done, judge)
@@ -175,7 +182,7 @@ def _generate(store, plan, run, step, adapter, intervention, generator, progress
     key = intervention.key
     store.record_intervention(key, intervention.kind, intervention.scale, intervention.layers, intervention.source,
                               intervention.vector_bytes())
-    slots = {intervention_answer_id(a.answer_id, key): a for a in plain_answers(plan, run, step)}
+    slots = {intervention_answer_id(a.answer_id, key, run.key): a for a in plain_answers(plan, run, step)}
     done = store.existing_intervention_answers(slots)
     pending = {answer_id: plain for answer_id, plain in slots.items() if answer_id not in done}
     if not pending:
@@ -200,12 +207,18 @@ def _generate(store, plan, run, step, adapter, intervention, generator, progress
     return len(requests)
 
 
-def _judge(store, plan, run, step, intervention, pool, progress):
+def judges_of(config, direction_judge: str) -> list[str]:
+    """The run's judges, and the one whose verdicts made the direction where it is another (added by `emkit
+    rejudge`): the comparison is read under that judge, so it scores both arms."""
+    return list(dict.fromkeys(config.judging.judges + [direction_judge]))
+
+
+def _judge(store, plan, run, step, intervention, pool, progress, direction_judge: str):
     from emkit.prompt_library import PromptLibrary
     from emkit.stages.judge import JudgeTally, answer_targets, judge_targets, question_index
 
     key = intervention.key
-    slots = {intervention_answer_id(a.answer_id, key): a for a in plain_answers(plan, run, step)}
+    slots = {intervention_answer_id(a.answer_id, key, run.key): a for a in plain_answers(plan, run, step)}
     metrics = plan.metrics_by_run()[(run.model.label, run.key)]
     questions, library = question_index(plan), PromptLibrary(plan.domains)
 
@@ -216,7 +229,7 @@ def _judge(store, plan, run, step, intervention, pool, progress):
                 targets += answer_targets(answer_id, slots[answer_id], text, metrics, scored, questions, library)
         return targets
 
-    tallies = judge_targets(plan, store, plan.config.judging.judges, pool, progress, targets_for)
+    tallies = judge_targets(plan, store, judges_of(plan.config, direction_judge), pool, progress, targets_for)
     for tally in JudgeTally.per_judge(tallies):
         log.info("%s", tally.line())
 
@@ -253,5 +266,5 @@ def describe(row) -> str:
             f"{_pct(row['em_without'])} [{_pct(row['low_without'])}, {_pct(row['high_without'])}] to "
             f"{_pct(row['em_with'])} [{_pct(row['low_with'])}, {_pct(row['high_with'])}], a change of "
             f"{row['change'] * 100:+.1f} points [{row['change_low'] * 100:+.1f}, {row['change_high'] * 100:+.1f}] "
-            f"over {int(row['n_with'])} and {int(row['n_without'])} counted answers; mean coherence "
+            f"over {int(row['n_without'])} and {int(row['n_with'])} counted answers; mean coherence "
             f"{row['coherent_without']:.0f} -> {row['coherent_with']:.0f}")
