@@ -76,7 +76,3 @@ def test_the_analysis_benchmark_builds_a_store_the_tables_read():
     lines = bench("bench_analysis.py", "--answers", "20000")
     assert lines[-1].startswith("ratio to the budget:")
 
-
-def test_the_directions_benchmark_reads_the_same_means_as_the_papers_way(tmp_path):
-    lines = bench("bench_directions.py", "--shape", "small", "--answers", "8", "--folder", str(tmp_path))
-    assert lines[-2].startswith("  ratio emkit / papers:") and lines[-1].startswith("  same means: yes")
