@@ -199,6 +199,18 @@ def open_here(path: Path) -> bool:
     return str(Path(path).resolve()) in _OPEN_HERE
 
 
+def _scored(judges: Iterable[str], metrics: list[str]) -> tuple[list[str], list]:
+    """Per metric, whether answer ``a`` has a score (not an error) by any of ``judges``: the SQL and its
+    parameters ([] where there is no judge or metric to ask about)."""
+    names = list(judges)
+    if not metrics or not names:
+        return [], []
+    marks = ",".join("?" * len(names))
+    clauses = [f"EXISTS (SELECT 1 FROM judgments j WHERE j.answer_id = a.answer_id AND j.judge IN ({marks}) "
+               f"AND j.metric = ? AND j.status != 'error')" for _ in metrics]
+    return clauses, [p for metric in metrics for p in (*names, metric)]
+
+
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)  # autocommit; explicit BEGIN
     conn.row_factory = sqlite3.Row
@@ -397,11 +409,9 @@ class Store:
                                       metrics: list[str]) -> list[tuple[str, str, set[str]]]:
         """(answer_id, text, metrics scored) of one checkpoint's answers under ``intervention`` that miss a
         score on one of ``metrics`` by all of ``judges`` (errors are not done yet)."""
-        names = list(judges)
-        marks = ",".join("?" * len(names))
-        scored = [f"EXISTS (SELECT 1 FROM judgments j WHERE j.answer_id = a.answer_id AND j.judge IN ({marks}) "
-                  f"AND j.metric = ? AND j.status != 'error')" for _ in metrics]
-        params = [p for metric in metrics for p in (*names, metric)]
+        scored, params = _scored(judges, metrics)
+        if not scored:
+            return []
         rows = self.conn.execute(
             f"SELECT a.answer_id, a.answer, {', '.join(scored)} FROM intervention_answers a "
             f"WHERE a.intervention = ? AND a.run_key = ? AND a.step = ? AND NOT ({' AND '.join(scored)})",
@@ -457,13 +467,9 @@ class Store:
         any of these judges (errors are not done yet): (answer_id, step, text, the metrics scored).
         SQLite finds them through the judgments' key, so a pass beside the GPU work reads the answers
         still to judge, not every stored one."""
-        names = list(judges)
-        if not metrics or not names:
+        scored, params = _scored(judges, metrics)
+        if not scored:
             return []
-        marks = ",".join("?" * len(names))
-        scored = [f"EXISTS (SELECT 1 FROM judgments j WHERE j.answer_id = a.answer_id AND j.judge IN ({marks}) "
-                  f"AND j.metric = ? AND j.status != 'error')" for _ in metrics]
-        params = [p for metric in metrics for p in (*names, metric)]
         rows = self.conn.execute(
             f"SELECT a.answer_id, a.step, a.answer, {', '.join(scored)} FROM answers a "
             f"WHERE a.run_key = ? AND a.model_label = ? AND NOT ({' AND '.join(scored)})",
