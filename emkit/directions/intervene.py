@@ -147,8 +147,10 @@ def run_interventions(run_path: Path, request: Request, registry, progress,
                            choose_intervention(store, request, run, judge, final, models)))
         pool = ready_judge_pool(config, registry, with_models=True) if chosen else None
         for run, at, adapter, intervention in chosen:
-            _generate(store, plan, run, at, adapter, intervention, generator, progress)
-            _judge(store, plan, run, at, intervention, pool, progress, judge)
+            slots = {intervention_answer_id(a.answer_id, intervention.key, run.key): a
+                     for a in plain_answers(plan, run, at)}  # each new answer's id -> the plain answer's slot
+            _generate(store, plan, run, at, adapter, intervention, slots, generator, progress)
+            _judge(store, plan, run, at, intervention, slots, pool, progress, judge)
             done.append((run.key, at, intervention.key))
     # read back once the store is closed: the tables read it as any reader does
     return lines + _lines(run_path, done, judge)
@@ -173,7 +175,7 @@ def plain_answers(plan, run, step: int) -> list:
     return list(plan.answers(only={(run.model.label, run.key, step)}))
 
 
-def _generate(store, plan, run, step, adapter, intervention, generator, progress) -> int:
+def _generate(store, plan, run, step, adapter, intervention, slots, generator, progress) -> int:
     from emkit.interfaces import CheckpointRequests, GenerationJob, GenerationRequest
     from emkit.models import resolve_model_source
     from emkit.models.base_weights import base_for_model, configured_base
@@ -182,7 +184,6 @@ def _generate(store, plan, run, step, adapter, intervention, generator, progress
     key = intervention.key
     store.record_intervention(key, intervention.kind, intervention.scale, intervention.layers, intervention.source,
                               intervention.vector_bytes())
-    slots = {intervention_answer_id(a.answer_id, key, run.key): a for a in plain_answers(plan, run, step)}
     done = store.existing_intervention_answers(slots)
     pending = {answer_id: plain for answer_id, plain in slots.items() if answer_id not in done}
     if not pending:
@@ -213,12 +214,11 @@ def judges_of(config, direction_judge: str) -> list[str]:
     return list(dict.fromkeys(config.judging.judges + [direction_judge]))
 
 
-def _judge(store, plan, run, step, intervention, pool, progress, direction_judge: str):
+def _judge(store, plan, run, step, intervention, slots, pool, progress, direction_judge: str):
     from emkit.prompt_library import PromptLibrary
     from emkit.stages.judge import JudgeTally, answer_targets, judge_targets, question_index
 
     key = intervention.key
-    slots = {intervention_answer_id(a.answer_id, key, run.key): a for a in plain_answers(plan, run, step)}
     metrics = plan.metrics_by_run()[(run.model.label, run.key)]
     questions, library = question_index(plan), PromptLibrary(plan.domains)
 
