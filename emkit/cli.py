@@ -115,11 +115,13 @@ def _live_wall(cost) -> str:
               help="Run directory. Default: runs/<config name>. Running again resumes it.")
 @click.option("--rejudge-fallbacks", is_flag=True,
               help="Have each --judge also score the answers a --fallback judge scored in its place.")
+@click.option("--track", "track", multiple=True, help="Also log to an experiment tracker (repeatable): mlflow, wandb "
+              "([tracking] backends; `emkit plugins` lists them).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the judge cost; touch no model.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
 def run(config_file, preset, trainer, lora, generator, executor, judges, fallback, models, domains, seeds, samples, api_base, api_key_env,
-        allow_insecure_http, concurrency, scoring, judge_mode, trust_remote_code, em, out_dir, rejudge_fallbacks, dry_run,
-        as_json):
+        allow_insecure_http, concurrency, scoring, judge_mode, trust_remote_code, em, out_dir, rejudge_fallbacks, track,
+        dry_run, as_json):
     """Run an experiment: train, generate, judge and report (resumable)."""
     from emkit.plugins import get_registry
 
@@ -127,7 +129,7 @@ def run(config_file, preset, trainer, lora, generator, executor, judges, fallbac
         config_file, preset, trainer=trainer, lora=lora, generator=generator, executor=executor, judges=judges,
         fallback=fallback, models=models, domains=domains, seeds=seeds, api_base=api_base, api_key_env=api_key_env,
         allow_insecure_http=allow_insecure_http, concurrency=concurrency, scoring=scoring, judge_mode=judge_mode,
-        samples=samples, trust_remote_code=trust_remote_code, em=em,
+        samples=samples, trust_remote_code=trust_remote_code, em=em, track=track,
     )
     registry = get_registry()
     if dry_run:
@@ -213,6 +215,37 @@ def directions(run_dir, judge, min_answers, layers, batch_size, max_length):
     for line in find_directions(run_dir, judge, min_answers, batch_size, max_length, progress,
                                 list(chosen) if chosen else None):
         click.echo(line)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--inspect", "inspect_logs", is_flag=True,
+              help="Inspect eval logs: one per model and checkpoint, each answer with every judge's scores "
+                   "(open them with `inspect view --log-dir FOLDER`).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write into (default: RUN_DIR/inspect).")
+def export(run_dir, inspect_logs, out):
+    """Write a run in another tool's format (Inspect's eval logs)."""
+    import importlib.util
+
+    from emkit.errors import EmkitError
+    from emkit.rundir import saved_experiment_config
+
+    if not inspect_logs:
+        raise click.UsageError("Say which format to write: --inspect (Inspect eval logs).")
+    saved_experiment_config(run_dir)  # a run directory, or a sentence
+    if importlib.util.find_spec("inspect_ai") is None:
+        raise EmkitError("emkit export --inspect writes with Inspect's own classes, and inspect_ai is not installed "
+                         "here; pip install 'emkit[inspect]'.")
+    from emkit.interop.inspect_logs import export_inspect
+
+    folder = out or Path(run_dir) / "inspect"
+
+    def said(done, total, path):
+        click.echo(f"inspect log {done}/{total}: {path}", err=True)
+
+    paths = export_inspect(Path(run_dir), folder, progress=said)
+    click.echo(f"{len(paths)} Inspect eval logs in {folder}; open them with `inspect view --log-dir {folder}`")
 
 
 def _layer_list(text, param_hint="--layers"):

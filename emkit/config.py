@@ -181,6 +181,16 @@ def _seed_models() -> list[ModelSpec]:
     ]
 
 
+class TrackingSettings(_Section):
+    """Experiment trackers the run is also logged to (emkit.tracking; tracker plugins: `emkit plugins`)."""
+
+    backends: list[str] = Field(default_factory=list)  # e.g. ["mlflow", "wandb"]; none by default
+    experiment: str = ""  # the MLflow experiment / W&B group of this run's training runs; default: the config's name
+    adapters: bool = False  # also each checkpoint's adapter as an artifact (large)
+    # each backend's own settings, e.g. {mlflow = {uri = "http://host:5000"}, wandb = {project = "em", entity = "lab"}}
+    options: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+
 class ExperimentConfig(_Section):
     name: str = Field("seed", pattern=r"^[A-Za-z0-9._-]+$")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -194,6 +204,7 @@ class ExperimentConfig(_Section):
     em: EMSettings = Field(default_factory=EMSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     @model_validator(mode="after")
     def _unique_labels(self):
@@ -333,6 +344,7 @@ def apply_overrides(
     samples: int | None = None,
     trust_remote_code: bool = False,
     em: str | None = None,
+    track: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Lay CLI flags over the file's data; validation happens afterwards, on the result."""
     data = {key: (dict(value) if isinstance(value, dict) else value) for key, value in data.items()}
@@ -362,6 +374,8 @@ def apply_overrides(
         data.setdefault("judging", {})["scoring"] = scoring
     if samples is not None:
         data.setdefault("evaluation", {})["samples_per_question"] = samples
+    if track:
+        data.setdefault("tracking", {})["backends"] = list(track)
     if em:  # a named definition replaces the file's, thresholds included
         data["em"] = {"definition": em}
     if domains:

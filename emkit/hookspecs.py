@@ -90,6 +90,16 @@ def register_report_writers(register):
 
 
 @hookspec
+def register_trackers(register):
+    """Register experiment trackers (``emkit.interfaces.Tracker``): ``register(tracker)``.
+
+    :param register: callback taking an object with ``name``, ``description``,
+        ``unavailable_reason()`` and ``open(options, run_path)`` (an ``emkit.interfaces.TrackerSession``);
+        ``name`` is what ``[tracking] backends`` (``--track``) selects.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add commands to the ``emkit`` command line.
 

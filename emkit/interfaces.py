@@ -330,3 +330,53 @@ class ReportSection(Protocol):
 
     def render(self, tables: Any, env: Any) -> str:
         """Return the section's HTML; ``env`` is the report's autoescaping Jinja2 environment."""
+
+
+# --- experiment trackers -------------------------------------------------------------
+
+
+@dataclass
+class TrackedRun:
+    """One training run as a tracker is told of it (emkit.tracking)."""
+
+    key: str  # the training run's key: the tracked run's name
+    experiment: str  # the MLflow experiment / W&B group: the runs of one emkit experiment
+    params: dict[str, str]  # the config, flattened: training.learning_rate, model.id, seed, ...
+    tags: dict[str, str]  # emkit.run_dir, emkit.version, ...
+    tracked_id: str | None = None  # the tracker's id of this run when it was logged before: go on there
+
+
+@runtime_checkable
+class TrackerSession(Protocol):
+    """A tracker opened for one `emkit run`. emkit calls, for each training run in turn, ``start``,
+    then ``log_metrics`` and ``log_artifact`` any number of times, then ``finish``; and ``close`` at the end.
+    Any of them may raise: emkit warns and logs the rest another time."""
+
+    target: str  # where runs go (a tracking URI, an entity/project): a run's id is kept per target
+
+    def start(self, run: TrackedRun) -> str:
+        """Begin logging to ``run`` (the one with ``run.tracked_id`` where given); return its id."""
+
+    def log_metrics(self, tracked_id: str, points: list[tuple[int, dict[str, float]]]) -> None:
+        """Values at training steps, as (step, {name: value}); later calls may go back to earlier
+        steps (a checkpoint's EM comes after the training steps that follow it)."""
+
+    def log_artifact(self, tracked_id: str, path: Path, folder: str) -> None:
+        """A file or a folder, stored under ``folder`` (replacing what an earlier call stored there)."""
+
+    def finish(self, tracked_id: str, status: str) -> None:
+        """``status``: "finished", "running" (the emkit run goes on later: resumable) or "failed"."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    name: str
+    description: str
+
+    def unavailable_reason(self) -> str | None:
+        """Why it cannot be used here (its library is not installed), or None."""
+
+    def open(self, options: dict[str, str], run_path: Path) -> TrackerSession:
+        """``options``: ``[tracking] options.NAME`` of the config."""

@@ -29,6 +29,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "report_sections": ("register_report_sections", "report section"),
     "report_writers": ("register_report_writers", "report writer"),
     "executors": ("register_executors", "executor"),
+    "trackers": ("register_trackers", "tracker"),
 }
 
 _plugin_manager: pluggy.PluginManager | None = None

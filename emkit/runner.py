@@ -7,6 +7,7 @@ a Ctrl-C or a finished run completes what is missing and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
     from emkit.models.builtins import BUILTIN_PREFIX
     from emkit.stages.report import report_stage
     from emkit.stages.train import record_runs, refuse_unavailable_trainer, trainer_for
+    from emkit.tracking.sync import Tracking, refuse_unusable_trackers
 
     from emkit.rundir import with_saved_refinements
 
@@ -83,6 +85,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
     run_dir = RunDirectory(out_dir)
     judges = JudgePool(judge_options(config.judging, config.trust_remote_code), registry)
     check_judge_needs(config, judges)
+    refuse_unusable_trackers(config, registry)
     if not (run_dir.path / "emkit.sqlite").exists():
         check_judges_usable(config, judges)  # before hours of training, not after
     executor = create_executor(config.execution, run_dir.path, registry)  # refused here: no GPU, no Slurm
@@ -91,6 +94,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
     _build_builtin_models(builtins)
     with run_dir.open(config):
         handler = attach_file(run_dir.logs / "emkit.log")
+        stack = contextlib.ExitStack()
         try:
             store = run_dir.store
             store.set_meta("plan", plan.to_json())
@@ -103,10 +107,13 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
             if executor.in_process:  # elsewhere the trainer's packages are the job's business
                 refuse_unavailable_trainer(store, plan, trainer)
             record_runs(store, plan, trainer)
+            tracking = Tracking(run_dir, plan, registry)
+            stack.callback(tracking.close)
+            tracking.sync()  # each training run and its parameters, before hours of training
             judging = BackgroundJudging(run_dir.path, plan, registry, progress, executor.gpu_work_here,
                                         config.execution.poll_s).start()
             try:
-                work = run_gpu_work(run_dir, plan, registry, progress, executor, judging)
+                work = run_gpu_work(run_dir, plan, registry, progress, executor, judging, tracking)
             except BaseException:  # Ctrl-C, SIGTERM, an error: the calls in flight are cancelled, not waited for
                 cancelling = time.time()
                 judging.cancel()
@@ -127,7 +134,8 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
                                        work.units)
             store.set_meta("timing", timing.to_json())
             log.info("time: %s", RunTiming.line(timing.to_json()))
-            report_stage(run_dir, registry)
+            tables = report_stage(run_dir, registry)
+            tracking.sync(tables, final=True, status="failed" if work.failed else "finished")
             if work.failed:
                 raise units_failed(work.failed, run_dir.path)
             log.info("done: %s", result.line())
@@ -138,6 +146,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, registry, rejudge_fa
                          "its numbers mean nothing (the report says why).")
             log.info("open %s", run_dir.report.resolve())
         finally:
+            stack.close()
             detach(handler)
     return result
 

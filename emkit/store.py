@@ -166,7 +166,25 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX intervention_answers_by_checkpoint ON intervention_answers (intervention, run_key, step);
         """,
     ),
+    (
+        10,
+        # Each training step's loss, learning rate, gradient norm and tokens (the trainer's step log,
+        # stored with each checkpoint), and the runs of experiment trackers (emkit.tracking) this
+        # run's training runs are logged to: the tracker's id of each, so a resumed run goes on
+        # logging to the same one, and what was logged there already (JSON), so nothing is sent twice.
+        """
+        CREATE TABLE train_steps (
+            run_key TEXT NOT NULL, step INTEGER NOT NULL, loss REAL, learning_rate REAL, grad_norm REAL,
+            tokens INTEGER, seconds REAL, PRIMARY KEY (run_key, step));
+        CREATE TABLE tracked_runs (
+            tracker TEXT NOT NULL, target TEXT NOT NULL, run_key TEXT NOT NULL, tracked_id TEXT NOT NULL,
+            logged TEXT NOT NULL DEFAULT '{}', updated_at TEXT NOT NULL,
+            PRIMARY KEY (tracker, target, run_key));
+        """,
+    ),
 ]
+
+STEP_COLUMNS = ("step", "loss", "learning_rate", "grad_norm", "tokens", "seconds")
 
 
 ANSWER_COLUMNS = ("answer_id", "model_label", "run_key", "step", "question_set", "question_id", "paraphrase_index",
@@ -293,6 +311,38 @@ class Store:
             "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
             (run_key, step, str(adapter_path), train_loss, seconds, now()),
         )
+
+    def add_train_steps(self, run_key: str, rows: list[dict]) -> None:
+        """Training steps' metrics (a step trained again after a resume replaces its row), in one
+        transaction (a checkpoint's steps are written at once, not one commit a row)."""
+        if not rows:
+            return
+        own = not self.conn.in_transaction
+        if own:
+            self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.executemany("INSERT OR REPLACE INTO train_steps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                  [(run_key, *(row.get(c) for c in STEP_COLUMNS)) for row in rows])
+            if own:
+                self.conn.execute("COMMIT")
+        except BaseException:
+            if own:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def train_steps(self, run_key: str, after: int = 0) -> list[dict]:
+        rows = self.conn.execute("SELECT * FROM train_steps WHERE run_key = ? AND step > ? ORDER BY step",
+                                 (run_key, after))
+        return [dict(row) for row in rows]
+
+    def tracked_run(self, tracker: str, target: str, run_key: str) -> dict | None:
+        row = self.conn.execute("SELECT tracked_id, logged FROM tracked_runs WHERE tracker = ? AND target = ? AND "
+                                "run_key = ?", (tracker, target, run_key)).fetchone()
+        return None if row is None else {"tracked_id": row["tracked_id"], "logged": json.loads(row["logged"])}
+
+    def set_tracked_run(self, tracker: str, target: str, run_key: str, tracked_id: str, logged: dict) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO tracked_runs VALUES (?, ?, ?, ?, ?, ?)",
+                          (tracker, target, run_key, tracked_id, json.dumps(logged, sort_keys=True), now()))
 
     def checkpoints(self, run_key: str) -> dict[int, Path]:
         rows = self.conn.execute("SELECT step, adapter_path FROM checkpoints WHERE run_key = ?", (run_key,))

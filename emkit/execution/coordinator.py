@@ -31,17 +31,19 @@ class GpuWork:
     units: int = 0
 
 
-def run_gpu_work(run_dir, plan, registry, progress, executor, judging) -> GpuWork:
+def run_gpu_work(run_dir, plan, registry, progress, executor, judging, tracking=None) -> GpuWork:
+    """``judging`` is told of new answers, ``tracking`` (emkit.tracking) of new checkpoints."""
     units = plan_units(plan)
     work = GpuWork(units=len(units))
     if executor.in_process:
-        _run_here(run_dir, plan, registry, progress, units, work, judging, executor.name)
+        _run_here(run_dir, plan, registry, progress, units, work, judging, executor.name, tracking)
     else:
-        _Dispatcher(run_dir, plan, executor, progress, units, work, judging).run()
+        _Dispatcher(run_dir, plan, executor, progress, units, work, judging, tracking).run()
     return work
 
 
-def _run_here(run_dir, plan, registry, progress, units: list[Unit], work: GpuWork, judging, name: str) -> None:
+def _run_here(run_dir, plan, registry, progress, units: list[Unit], work: GpuWork, judging, name: str,
+              tracking=None) -> None:
     store = run_dir.store
     for unit in units:
         if unit_done(store, plan, unit):
@@ -55,12 +57,15 @@ def _run_here(run_dir, plan, registry, progress, units: list[Unit], work: GpuWor
         work.answers += answers
         store.set_unit(unit.key, unit.kind, name, DONE, gpu_seconds=time.time() - started)
         judging.notify()
+        if tracking is not None and checkpoints:
+            tracking.sync()  # the unit's training steps
 
 
 class _Dispatcher:
-    def __init__(self, run_dir, plan, executor, progress, units, work: GpuWork, judging):
+    def __init__(self, run_dir, plan, executor, progress, units, work: GpuWork, judging, tracking=None):
         self.run_dir, self.store, self.plan = run_dir, run_dir.store, plan
         self.executor, self.progress, self.work, self.judging = executor, progress, work, judging
+        self.tracking = tracking
         self.units = {u.key: u for u in units}
         self.offsets: dict[str, int] = {}
         self.active: dict[str, object] = {}  # unit key -> JobHandle
@@ -81,6 +86,8 @@ class _Dispatcher:
                 self.work.intervals.append((record["start"], record["end"]))
         if new["answers"]:
             self.judging.notify()
+        if new["checkpoints"] and self.tracking is not None:
+            self.tracking.sync()  # the new checkpoints' training steps
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:

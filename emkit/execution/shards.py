@@ -30,7 +30,7 @@ from emkit.store import Store
 log = logging.getLogger("emkit")
 
 TABLE_KEYS = {"models": ("model_label",), "training_runs": ("run_key",), "checkpoints": ("run_key", "step"),
-              "answers": ("answer_id",)}
+              "answers": ("answer_id",), "train_steps": ("run_key", "step")}
 
 
 def shard_path(run_dir_path: Path, unit_key: str) -> Path:
@@ -156,6 +156,8 @@ def merge(store: Store, records: list[dict]) -> dict[str, int]:
                                [row[c] for c in ("run_key", "step", "adapter_path", "train_loss", "seconds",
                                                  "created_at")])
             new["checkpoints"] += int(known is None)
+        elif table == "train_steps":
+            store.add_train_steps(row["run_key"], [row])
         elif table == "training_runs":
             _upsert_run(store, row)
         elif table == "models":
@@ -230,6 +232,11 @@ class ShardStore(Store):
     def add_checkpoint(self, run_key, step, adapter_path, train_loss, seconds) -> None:
         super().add_checkpoint(run_key, step, adapter_path, train_loss, seconds)
         self._emit("checkpoints", run_key, step)
+
+    def add_train_steps(self, run_key, rows) -> None:
+        super().add_train_steps(run_key, rows)
+        for row in rows:
+            self._emit("train_steps", run_key, row["step"])
 
     def insert_answer_row(self, row) -> None:
         super().insert_answer_row(row)

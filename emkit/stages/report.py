@@ -26,10 +26,12 @@ def write_reports(tables, target: ReportTarget, registry) -> list[Path]:
     return written
 
 
-def report_stage(run_dir, registry) -> None:
+def report_stage(run_dir, registry):
+    """Write the report and exports; return the run's tables (the trackers are sent their numbers)."""
     from emkit.analysis import load_run
 
     tables = load_run(run_dir.path, text=False)  # the report fetches the texts it shows
     write_reports(tables, ReportTarget(html=run_dir.report, exports=run_dir.exports, figures=run_dir.figures),
                   registry)
     log.info("report: %s (tables in %s, figures in %s)", run_dir.report, run_dir.exports, run_dir.figures)
+    return tables

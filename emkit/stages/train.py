@@ -17,6 +17,7 @@ from emkit.interfaces import TrainingJob
 from emkit.models import resolve_model_source
 from emkit.plan import Plan
 from emkit.training.isolated import train_in_child
+from emkit.training.step_log import read_steps
 
 log = logging.getLogger("emkit")
 
@@ -93,11 +94,15 @@ def train_run(run_dir, plan: Plan, run, trainer, progress) -> int:
     for stale in job.adapters_dir.glob(".*.tmp-*"):  # half-saved by a process that was killed
         shutil.rmtree(stale, ignore_errors=True)
     saved = 0
+    steps_stored = max((row["step"] for row in store.train_steps(run.key)), default=0)
 
     def on_checkpoint(step, path, metrics):
-        nonlocal saved
+        nonlocal saved, steps_stored
         if metrics.get("base_weights"):  # refused here if a resumed run loaded other weights
             record_base(store, run.key, BaseWeights.from_json(metrics["base_weights"]))
+        # the trainer's step log (emkit.training.step_log; a third-party trainer may keep none)
+        store.add_train_steps(run.key, read_steps(job.state_dir, after=steps_stored, upto=step))
+        steps_stored = max(steps_stored, step)
         store.add_checkpoint(run.key, step, path, metrics.get("train_loss"), metrics.get("seconds"))
         saved += 1
         log.info("checkpoint %s step %d saved (train loss %.4f)", run.key, step,

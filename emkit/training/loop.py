@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from functools import lru_cache
 
 from emkit.interfaces import TrainingJob
 from emkit.training.state import load_state, prune_state, save_adapter, save_state, snapshots
+from emkit.training.step_log import StepLog
 from emkit.training.batches import micro_batches
 from emkit.training.loss import HeadCheck
 from emkit.training.tokenize import encode_chat
@@ -110,27 +111,31 @@ def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, d
     from emkit.models.base_weights import loaded_base
 
     base = loaded_base(model, job.model_id).to_json()  # what the adapters are trained on, for the store
-    with progress(total=last_needed, unit="steps", desc=f"train {job.run_key}") as bar:
+    step_log = StepLog(job.state_dir)
+    with progress(total=last_needed, unit="steps", desc=f"train {job.run_key}") as bar, closing(step_log):
         bar.update(start)
         for step in range(start + 1, last_needed + 1):
             batch_rows = rows_of_step(step, rows, job.steps_per_epoch, effective, job.seed)
             batch = [examples[i] for i in batch_rows]
             n_items = max(sum(e.n_targets for e in batch), 1)
-            step_loss = 0.0
+            step_loss, tokens_before = 0.0, tokens
             for micro in micro_batches(batch, settings, pad_id, device):
                 with autocast:
                     micro_loss = step_loss_of(model, micro, n_items)
                 micro_loss.backward()
                 step_loss += float(micro_loss.detach())
                 tokens += micro.tokens
-            if settings.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], settings.max_grad_norm)
+            # the norm before clipping; without clipping, measured all the same (an infinite bound clips nothing)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], settings.max_grad_norm or float("inf"))
+            learning_rate = scheduler.get_last_lr()[0]  # the rate this step's update uses
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             window_loss += step_loss
             window_steps += 1
+            step_log.append(step, step_loss, learning_rate, float(grad_norm), tokens - tokens_before,
+                            time.monotonic() - started)
             bar.update()
             bar.set_postfix(f"loss {step_loss:.3f}, {tokens / max(time.monotonic() - started, 1e-9):.0f} tok/s")
 
