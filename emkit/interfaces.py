@@ -372,6 +372,9 @@ class TrackerSession(Protocol):
 
 @runtime_checkable
 class Tracker(Protocol):
+    """A tracker may also say which ``[tracking] options.NAME`` keys it takes (``options``, a tuple of
+    names): any other is refused before the run, as a typo would otherwise send the runs elsewhere."""
+
     name: str
     description: str
 

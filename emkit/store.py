@@ -168,10 +168,11 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
     (
         10,
-        # Each training step's loss, learning rate, gradient norm and tokens (the trainer's step log,
-        # stored with each checkpoint), and the runs of experiment trackers (emkit.tracking) this
-        # run's training runs are logged to: the tracker's id of each, so a resumed run goes on
-        # logging to the same one, and what was logged there already (JSON), so nothing is sent twice.
+        # Each training step's loss, learning rate, gradient norm, tokens and seconds (its own wall
+        # time), from the trainer's step log, stored with each checkpoint; and the runs of experiment
+        # trackers (emkit.tracking) this run's training runs are logged to: the tracker's id of each,
+        # so a resumed run goes on logging to the same one, and what was logged there already (JSON),
+        # so nothing is sent twice.
         """
         CREATE TABLE train_steps (
             run_key TEXT NOT NULL, step INTEGER NOT NULL, loss REAL, learning_rate REAL, grad_norm REAL,

@@ -11,6 +11,7 @@ in the config. MLflow is imported only when a run is tracked.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ BATCH = 1000  # metrics per request, MLflow's limit
 class MlflowTracker:
     name = "mlflow"
     description = "MLflow: an experiment per emkit experiment, a run per training run (pip install 'emkit[mlflow]')"
+    options = ("uri",)  # [tracking] options.mlflow
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("mlflow") is None:
@@ -46,7 +48,10 @@ class MlflowSession:
         # A server that does not answer should cost seconds, not MLflow's default minutes of
         # retries: a tracker's failure is a warning and the run goes on (the user's values win).
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # MLflow's own INFO lines (a new database's tables, ...) are not the run's news
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)

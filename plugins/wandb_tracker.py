@@ -23,6 +23,7 @@ STEP = "emkit/step"
 class WandbTracker:
     name = "wandb"
     description = "Weights & Biases: a run per training run, grouped per experiment (pip install 'emkit[wandb]')"
+    options = ("project", "entity", "dir")  # [tracking] options.wandb
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("wandb") is None:
@@ -42,6 +43,7 @@ class WandbSession:
         self.target = f"{self.entity or '-'}/{self.project}" + (f" offline in {self.dir}" if self.offline else "")
         self.run = None
         self._axes: set[str] = set()
+        os.environ.setdefault("WANDB_SILENT", "true")  # W&B's own lines (an artifact's folder, ...) are not the run's
 
     def start(self, run) -> str:
         import wandb

@@ -2,8 +2,7 @@
 readers, through a kill, a server that is down, and a catch-up; the run as Inspect eval logs,
 read back with inspect_ai's reader."""
 
-import json
-import math
+import re
 import signal
 import sqlite3
 import sys
@@ -71,8 +70,17 @@ def tracked(tmp_path_factory):
         down = run_emkit("run", "--config", config, "--out", out, *args, env=env)
         server.start()
         back = run_emkit("run", "--config", config, "--out", out, *args, env=env)
+        # a second judge, by path (a '/' in its name), then the command again: only its numbers are new
+        from emkit.models.builtins import builtin_model_path
+
+        second = f"local:{builtin_model_path('tiny-judge')}"
+        run_emkit("rejudge", out, "--judge", second, "--scoring", "text", env=env)
+        run_emkit("run", "--config", config, "--out", out, *args, env=env)
+        folders = sorted((out / "wandb").glob("offline-run-*"))
+        again = run_emkit("run", "--config", config, "--out", out, *args, env=env)  # nothing new to send
         yield {"server": server, "out": out, "down": down, "back": back, "ids_before": ids_before,
-               "killed_at": killed_at, "tables": load_run(out, text=False)}
+               "killed_at": killed_at, "tables": load_run(out, text=False), "second": second, "again": again,
+               "folders": folders}
     finally:
         server.stop()
 
@@ -107,7 +115,8 @@ def test_the_runs_are_in_mlflow_whole_once_each_in_the_runs_the_first_command_ma
         assert len(client.get_metric_history(run_id, "train/tokens_per_s")) >= STEPS - 2
         # each checkpoint's EM, as the run's own tables have it, step 0 being the base model
         rows = tables.steps[(tables.steps["domain"].astype(str) == params["domain"]) &
-                            (tables.steps["questions"].astype(str) == "general")]
+                            (tables.steps["questions"].astype(str) == "general") &
+                            (tables.steps["judge"].astype(str) == JUDGE)]
         em = {m.step: m.value for m in client.get_metric_history(run_id, f"em/general/{JUDGE_KEY}")}
         assert em == {int(r.step): pytest.approx(r.em_rate) for r in rows.itertuples()}
         assert sorted(em) == CHECKPOINTS
@@ -115,14 +124,24 @@ def test_the_runs_are_in_mlflow_whole_once_each_in_the_runs_the_first_command_ma
         assert all(low[step] <= em[step] for step in CHECKPOINTS)
         assert len(client.get_metric_history(run_id, f"judged/domain/{JUDGE_KEY}")) == len(CHECKPOINTS)
         assert client.get_metric_history(run_id, f"judge_cost_usd/{JUDGE_KEY}")[-1].value == 0.0  # a local judge
+        # the second judge's numbers, under a name of three parts; and no value logged twice at a step, not
+        # after the kill, the server's absence, the second judge or a command with nothing new
+        second = f"em/general/{tracked['second'].replace(':', '_').replace('/', '_')}"
+        assert sorted(m.step for m in client.get_metric_history(run_id, second)) == CHECKPOINTS
+        for name in client.get_run(run_id).data.metrics:
+            steps = [m.step for m in client.get_metric_history(run_id, name)]
+            assert len(steps) == len(set(steps)), (name, steps)
         report = Path(client.download_artifacts(run_id, "report/report.html", str(out.parent / f"dl-{key}")))
-        assert report.read_bytes() == (out / "report.html").read_bytes()
+        # the report as the last change of its tables left it: the same but for when it was written
+        written = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC")
+        assert written.sub("", report.read_text()) == written.sub("", (out / "report.html").read_text())
         exported = {a.path for a in client.list_artifacts(run_id, "exports")}
         assert exported == {f"exports/{p.name}" for p in (out / "exports").iterdir()}
 
 
 def test_the_runs_are_in_wandbs_offline_files_one_wandb_run_per_training_run(tracked):
     out = tracked["out"]
+    assert sorted((out / "wandb").glob("offline-run-*")) == tracked["folders"]  # nothing new: no run opened
     files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
     by_run = defaultdict(list)
     for path in files:
@@ -138,7 +157,9 @@ def test_the_runs_are_in_wandbs_offline_files_one_wandb_run_per_training_run(tra
         loss_steps = [row["emkit/step"] for row in rows if "train/loss" in row]
         assert sorted(loss_steps) == list(range(1, STEPS + 1))
         em_steps = sorted(row["emkit/step"] for row in rows if f"em/general/{JUDGE_KEY}" in row)
-        assert em_steps == CHECKPOINTS
+        assert em_steps == CHECKPOINTS  # once each, though a second judge came after
+        tokens = {row["emkit/step"]: row["train/tokens_per_s"] for row in rows if "train/tokens_per_s" in row}
+        assert sorted(tokens) == list(range(1, STEPS + 1)) and min(tokens.values()) > 0
 
 
 def test_the_run_as_inspect_logs_read_back_by_inspect(tracked):
@@ -159,14 +180,15 @@ def test_the_run_as_inspect_logs_read_back_by_inspect(tracked):
             answer_id = sample.metadata["answer_id"]
             seen.add(answer_id)
             assert sample.output.completion == answers[answer_id]  # the text as generated, not altered
-            assert set(sample.scores) == {JUDGE}
+            assert set(sample.scores) == {JUDGE, tracked["second"]}  # every judge's scores
             assert 0 <= sample.scores[JUDGE].value["aligned"] <= 100
         if run_key == "base":
             continue
         domain = log.eval.metadata["domain"]
         row = tables.steps[(tables.steps["domain"].astype(str) == domain) & (tables.steps["step"] == step) &
-                           (tables.steps["questions"].astype(str) == "all")].iloc[0]
-        metrics = log.results.scores[0].metrics
+                           (tables.steps["questions"].astype(str) == "all") &
+                           (tables.steps["judge"].astype(str) == JUDGE)].iloc[0]
+        metrics = next(score for score in log.results.scores if score.name == JUDGE).metrics
         assert metrics["em_rate"].value == pytest.approx(row.em_rate)
         assert (metrics["em_ci_low"].value, metrics["em_ci_high"].value) == (pytest.approx(row.ci_low),
                                                                              pytest.approx(row.ci_high))

@@ -116,6 +116,11 @@ def load_run(run_dir, em: EMDefinition | None = None, text: bool = True, all_que
     read = read_run(run_dir)
     from emkit.labels import read_labels
 
+    if read.judged.empty:  # the tables are rates over judged answers: with none there is nothing to show
+        from emkit.errors import EmkitError
+
+        raise EmkitError(f"{run_dir} holds no judged answers yet; run its `emkit run` command again to generate "
+                         f"and judge what is missing (it resumes), then read it.")
     tables = build_tables(read.judged, em_from_config(read.config, em, all_questions), read.info, text_loader=read.text_loader,
                           adapter_loader=read.adapter_loader, labels=read_labels(Path(run_dir)),
                           directions_loader=read.directions_loader, interventions_loader=read.interventions_loader)

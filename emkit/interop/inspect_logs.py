@@ -146,10 +146,10 @@ def _eval_log(config, em, model, run_key, step, rows, answers, metrics, wilson_i
     spec = EvalSpec(
         created=created, task=f"emergent_misalignment_{_safe(domain) if domain else 'base'}",
         task_args={"run": run_key, "step": step}, model=model_name,
-        dataset=EvalDataset(name="emkit questions", samples=len(samples)),
+        dataset=EvalDataset(name="emkit questions", samples=len({sample.id for sample in samples})),
         model_generate_config=GenerateConfig(temperature=evaluation.temperature, top_p=evaluation.top_p,
                                              max_tokens=evaluation.max_new_tokens),
-        config=EvalConfig(), tags=["emkit", config.name],
+        config=EvalConfig(epochs=max((sample.epoch for sample in samples), default=1)), tags=["emkit", config.name],
         metadata={"run_key": run_key, "step": step, "model": str(model), "domain": domain,
                   "em_definition": em.name, "judges": judges})
     return EvalLog(eval=spec, status="success", samples=samples,

@@ -21,8 +21,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_./ -]")
 
 
 def metric_key(*parts: str) -> str:
-    """Trackers allow letters, digits, ``_ - . / space`` in names: a judge spec's ``:`` becomes ``_``."""
-    return "/".join(_UNSAFE.sub("_", str(part)) for part in parts)
+    """``part/part/...``: trackers allow letters, digits, ``_ - . / space`` in names, and ``/`` separates
+    the parts, so a judge spec's ``:`` and ``/`` (``local:org/model``) become ``_``."""
+    return "/".join(_UNSAFE.sub("_", str(part).replace("/", "_")) for part in parts)
 
 
 def _flatten(prefix: str, value, out: dict[str, str]) -> None:
@@ -59,21 +60,12 @@ def run_tags(plan, run, run_path) -> dict[str, str]:
 
 
 def step_metrics(row: dict) -> dict[str, float]:
-    """A training step's metrics from its stored row (emkit.store.STEP_COLUMNS)."""
+    """A training step's metrics from its stored row (emkit.store.STEP_COLUMNS; ``seconds`` is the step's own)."""
+    seconds, tokens = row.get("seconds"), row.get("tokens")
     metrics = {"train/loss": row.get("loss"), "train/learning_rate": row.get("learning_rate"),
-               "train/grad_norm": row.get("grad_norm")}
+               "train/grad_norm": row.get("grad_norm"),
+               "train/tokens_per_s": tokens / seconds if tokens and _finite(seconds) and seconds > 0 else None}
     return {key: float(value) for key, value in metrics.items() if _finite(value)}
-
-
-def tokens_per_second(rows: list[dict], previous_seconds: float | None) -> dict[int, float]:
-    """Each step's tokens over its own seconds (the step log's clock restarts when training resumes)."""
-    rates, last = {}, previous_seconds
-    for row in rows:
-        seconds, tokens = row.get("seconds"), row.get("tokens")
-        if seconds is not None and tokens and last is not None and seconds > last:
-            rates[row["step"]] = tokens / (seconds - last)
-        last = seconds
-    return rates
 
 
 # the steps table's columns logged per checkpoint: name in the tracker -> column

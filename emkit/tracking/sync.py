@@ -12,35 +12,63 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 from pathlib import Path
 
 from emkit.errors import EmkitError
 from emkit.interfaces import TrackedRun
-from emkit.tracking.records import (checkpoint_metrics, run_costs, run_params, run_tags, step_metrics,
-                                    tokens_per_second)
+from emkit.tracking.records import checkpoint_metrics, run_costs, run_params, run_tags, step_metrics
 
 log = logging.getLogger("emkit")
 
 
-def _digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _files_digest(path: Path) -> str:
-    """What a file or folder holds, by names, sizes and modification times (cheap; no content read)."""
+    """What a file or folder holds, by names and contents (a report written again the same is not sent again)."""
+    digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return _digest([(str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    for file in files:
+        digest.update(str(file.relative_to(path.parent)).encode() + b"\0")
+        with file.open("rb") as data:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _same(value: float) -> str:
+    """A value as compared with what was sent: 9 significant digits (adding a seed to a run moves the
+    last digits of its old checkpoints' means, which is not news)."""
+    return f"{value:.9g}"
+
+
+def _news(values: dict[str, float], sent: dict[str, str]) -> dict[str, float]:
+    """The values not sent yet, or sent with another value."""
+    return {name: value for name, value in values.items() if sent.get(name) != _same(value)}
+
+
+def _shorten(text: str, limit: int = 400) -> str:
+    """A long error's start and end: where it happened, and why (the cause comes last)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else f"{text[:limit // 2]} ... {text[-limit // 2:]}"
 
 
 def refuse_unusable_trackers(config, registry) -> None:
-    """Before any work: an unknown tracker or one whose library is missing is a sentence."""
-    for name in config.tracking.backends:
+    """Before any work: an unknown tracker, one whose library is missing, or options it does not take
+    (a typo would send the runs somewhere else without a word) is a sentence."""
+    settings = config.tracking
+    for name in settings.backends:
         tracker = registry.get("trackers", name)
         reason = tracker.unavailable_reason() if hasattr(tracker, "unavailable_reason") else None
         if reason:
             raise EmkitError(f"Tracker '{name}' ([tracking] backends, --track) cannot be used: {reason}")
+    for name, options in settings.options.items():
+        if name not in settings.backends:
+            raise EmkitError(f"[tracking] options.{name}: '{name}' is not among [tracking] backends "
+                             f"({', '.join(settings.backends) or 'none'}); fix the name or add it to backends.")
+        known = getattr(registry.get("trackers", name), "options", None)
+        unknown = sorted(set(options) - set(known)) if known is not None else []
+        if unknown:
+            raise EmkitError(f"[tracking] options.{name}.{unknown[0]}: tracker '{name}' takes no such option "
+                             f"(it takes: {', '.join(known) or 'none'}).")
 
 
 class Tracking:
@@ -68,8 +96,8 @@ class Tracking:
                     session.close()
             what = "could not be opened" if opening else "failed"
             log.warning("tracker %s %s (%s: %s); the run goes on without it, and the next `emkit run` into %s "
-                        "sends it what it missed", name, what, type(exc).__name__, str(exc).splitlines()[0][:300]
-                        if str(exc) else "", self.run_dir.path)
+                        "sends it what it missed", name, what, type(exc).__name__, _shorten(str(exc)),
+                        self.run_dir.path)
 
     def sync(self, tables=None, final: bool = False, status: str = "running") -> None:
         """Send each training run what its tracked run lacks. ``tables`` (the run's, emkit.analysis):
@@ -81,74 +109,85 @@ class Tracking:
 
     def _sync_run(self, name, session, run, tables, final, status) -> None:
         state = self.store.tracked_run(name, session.target, run.key)
+        logged = state["logged"] if state else {}
+        steps = self.store.train_steps(run.key, after=logged.get("step", 0))
+        points = self._checkpoint_points(run, tables, logged.get("checkpoints", {})) if tables is not None else []
+        costs = _news(run_costs(self.store, run.key), logged.get("costs", {})) if final else {}
+        artifacts = self._new_artifacts(run, logged.get("artifacts", {})) if final else {}
+        if state and not (steps or points or costs or artifacts) and (status == "running" or
+                                                                     logged.get("status") == status):
+            return  # nothing new to say: the tracked run is not even opened (W&B would make a folder for nothing)
         tracked_id = session.start(TrackedRun(
             key=run.key, experiment=self.experiment, params=run_params(self.plan, run),
             tags=run_tags(self.plan, run, self.run_dir.path.resolve()),
             tracked_id=state["tracked_id"] if state else None))
-        logged = state["logged"] if state and state["tracked_id"] == tracked_id else {}
+        if state is None or state["tracked_id"] != tracked_id:  # a new tracked run (the old one was deleted)
+            logged = {}
+            steps = self.store.train_steps(run.key)
+            points = self._checkpoint_points(run, tables, {}) if tables is not None else []
+            costs = run_costs(self.store, run.key) if final else {}
+            artifacts = self._new_artifacts(run, {}) if final else {}
 
         def keep():
             self.store.set_tracked_run(name, session.target, run.key, tracked_id, logged)
 
         keep()  # the id first: a run stopped from here on goes on in this tracked run
         try:
-            self._send_steps(session, tracked_id, run, logged)
-            keep()
-            if tables is not None:
-                self._send_checkpoints(session, tracked_id, run, tables, logged)
+            if steps:
+                session.log_metrics(tracked_id, [(row["step"], step_metrics(row)) for row in steps])
+                logged["step"] = steps[-1]["step"]
                 keep()
-            if final:
-                self._send_end(session, tracked_id, run, logged)
+            if points:
+                session.log_metrics(tracked_id, points)
+                sent = logged.setdefault("checkpoints", {})
+                for step, values in points:
+                    sent.setdefault(str(step), {}).update({k: _same(v) for k, v in values.items()})
+                keep()
+            if costs:
+                session.log_metrics(tracked_id, [(max(run.schedule.steps, default=0), costs)])
+                logged.setdefault("costs", {}).update({k: _same(v) for k, v in costs.items()})
+                keep()
+            for folder, (path, digest) in artifacts.items():
+                session.log_artifact(tracked_id, path, folder)
+                logged.setdefault("artifacts", {})[folder] = digest
                 keep()
         finally:
             session.finish(tracked_id, status)
+        logged["status"] = status
+        keep()
 
-    def _send_steps(self, session, tracked_id, run, logged) -> None:
-        rows = self.store.train_steps(run.key, after=logged.get("step", 0))
-        if not rows:
-            return
-        rates = tokens_per_second(rows, logged.get("seconds"))
-        points = []
-        for row in rows:
-            metrics = step_metrics(row)
-            if row["step"] in rates:
-                metrics["train/tokens_per_s"] = rates[row["step"]]
-            points.append((row["step"], metrics))
-        session.log_metrics(tracked_id, points)
-        logged["step"], logged["seconds"] = rows[-1]["step"], rows[-1]["seconds"]
-
-    def _send_checkpoints(self, session, tracked_id, run, tables, logged) -> None:
+    def _checkpoint_points(self, run, tables, sent: dict) -> list:
+        """Each checkpoint's metrics that the tracker lacks, or has with another value (a re-judged
+        checkpoint, a judge added): only those, so no point is logged twice."""
         per_step = checkpoint_metrics(tables.steps, run)
         losses = self.store.conn.execute("SELECT step, train_loss FROM checkpoints WHERE run_key = ?", (run.key,))
         for row in losses:
             if row["train_loss"] is not None:
                 per_step.setdefault(row["step"], {})["checkpoint/train_loss"] = float(row["train_loss"])
-        sent = logged.setdefault("checkpoints", {})
-        points = [(step, metrics) for step, metrics in sorted(per_step.items())
-                  if metrics and sent.get(str(step)) != _digest(metrics)]
-        if points:
-            session.log_metrics(tracked_id, points)
-            sent.update({str(step): _digest(metrics) for step, metrics in points})
+        points = []
+        for step, values in sorted(per_step.items()):
+            new = _news(values, sent.get(str(step), {}))
+            if new:
+                points.append((step, new))
+        return points
 
-    def _send_end(self, session, tracked_id, run, logged) -> None:
-        last = max(run.schedule.steps, default=0)
-        costs = run_costs(self.store, run.key)
-        if costs and logged.get("costs") != _digest(costs):
-            session.log_metrics(tracked_id, [(last, costs)])
-            logged["costs"] = _digest(costs)
-        artifacts = {"report": self.run_dir.report, "exports": self.run_dir.exports,
-                     "figures": self.run_dir.figures}
+    def _new_artifacts(self, run, sent: dict) -> dict:
+        """The artifacts whose contents changed. The report says when it was written, so it is sent
+        when it was not yet, or when the tables and figures it shows (the exports) changed."""
+        artifacts = {"exports": self.run_dir.exports, "figures": self.run_dir.figures}
         if self.settings.adapters:
             for step, path in sorted(self.store.checkpoints(run.key).items()):
                 artifacts[f"adapters/step-{step:06d}"] = Path(path)
-        sent = logged.setdefault("artifacts", {})
+        new = {}
         for folder, path in artifacts.items():
-            if not path.exists():
-                continue
-            digest = _files_digest(path)
-            if sent.get(folder) != digest:
-                session.log_artifact(tracked_id, path, folder)
-                sent[folder] = digest
+            if path.exists():
+                digest = _files_digest(path)
+                if sent.get(folder) != digest:
+                    new[folder] = (path, digest)
+        report = self.run_dir.report
+        if report.exists() and ("report" not in sent or "exports" in new or "figures" in new):
+            new = {"report": (report, _files_digest(report)), **new}
+        return new
 
     def close(self) -> None:
         for name in list(self.sessions):

@@ -118,7 +118,7 @@ def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, d
             batch_rows = rows_of_step(step, rows, job.steps_per_epoch, effective, job.seed)
             batch = [examples[i] for i in batch_rows]
             n_items = max(sum(e.n_targets for e in batch), 1)
-            step_loss, tokens_before = 0.0, tokens
+            step_loss, tokens_before, step_started = 0.0, tokens, time.monotonic()
             for micro in micro_batches(batch, settings, pad_id, device):
                 with autocast:
                     micro_loss = step_loss_of(model, micro, n_items)
@@ -135,7 +135,7 @@ def train_lora(model, tokenizer, job: TrainingJob, on_checkpoint, progress, *, d
             window_loss += step_loss
             window_steps += 1
             step_log.append(step, step_loss, learning_rate, float(grad_norm), tokens - tokens_before,
-                            time.monotonic() - started)
+                            time.monotonic() - step_started)
             bar.update()
             bar.set_postfix(f"loss {step_loss:.3f}, {tokens / max(time.monotonic() - started, 1e-9):.0f} tok/s")
 

@@ -27,10 +27,11 @@ class StepLog:
 
     def append(self, step: int, loss: float, learning_rate: float, grad_norm: float | None, tokens: int,
                seconds: float) -> None:
+        """``seconds``: the step's own wall time; ``tokens``: the tokens it trained on."""
         if self._file is None:
             self._file = self.path.open("a", encoding="utf-8")
         row = {"step": step, "loss": _finite(loss), "learning_rate": _finite(learning_rate),
-               "grad_norm": _finite(grad_norm), "tokens": tokens, "seconds": round(seconds, 3)}
+               "grad_norm": _finite(grad_norm), "tokens": tokens, "seconds": round(seconds, 6)}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
 
