@@ -233,3 +233,16 @@ def test_a_tracker_whose_library_is_missing_is_a_sentence_before_any_work(tmp_pa
     assert not (tmp_path / "r" / "emkit.sqlite").exists()  # refused before the run directory was made
     unknown = run_emkit("run", "--preset", "tiny", "--out", tmp_path / "r", "--track", "neptune", check=False)
     assert unknown.returncode != 0 and "Unknown tracker 'neptune'" in unknown.stderr
+
+
+def test_a_trackers_option_it_does_not_take_is_a_sentence_before_any_work(tmp_path):
+    # a typo would otherwise send the runs to MLflow's default store without a word
+    for options, said in (('{ mlfow = { uri = "http://x" } }', "[tracking] options.mlfow: 'mlfow' is not among "
+                           "[tracking] backends (mlflow); fix the name or add it to backends."),
+                          ('{ mlflow = { url = "http://x" } }', "[tracking] options.mlflow.url: tracker 'mlflow' "
+                           "takes no such option (it takes: uri).")):
+        config = write_config(tmp_path / "tiny.toml", "local",
+                              extra=f'[tracking]\nbackends = ["mlflow"]\noptions = {options}\n')
+        result = run_emkit("run", "--config", config, "--out", tmp_path / "r", check=False)
+        assert result.returncode != 0 and said in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "r" / "emkit.sqlite").exists()
