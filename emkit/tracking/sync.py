@@ -77,6 +77,7 @@ class Tracking:
         self.settings = plan.config.tracking
         self.experiment = self.settings.experiment or plan.config.name
         self.sessions: dict[str, object] = {}
+        self._digests: dict[Path, str] = {}
         for name in self.settings.backends:
             tracker = registry.get("trackers", name)
             with self._guard(name, opening=True):
@@ -102,6 +103,7 @@ class Tracking:
     def sync(self, tables=None, final: bool = False, status: str = "running") -> None:
         """Send each training run what its tracked run lacks. ``tables`` (the run's, emkit.analysis):
         the checkpoints' EM and the rest too; ``final``: the cost, report and exports as well."""
+        self._digests: dict[Path, str] = {}  # each file read once per sync, not once per run and tracker
         for name in list(self.sessions):
             with self._guard(name):
                 for run in self.plan.runs:
@@ -181,13 +183,18 @@ class Tracking:
         new = {}
         for folder, path in artifacts.items():
             if path.exists():
-                digest = _files_digest(path)
+                digest = self._digest(path)
                 if sent.get(folder) != digest:
                     new[folder] = (path, digest)
         report = self.run_dir.report
         if report.exists() and ("report" not in sent or "exports" in new or "figures" in new):
-            new = {"report": (report, _files_digest(report)), **new}
+            new = {"report": (report, self._digest(report)), **new}
         return new
+
+    def _digest(self, path: Path) -> str:
+        if path not in self._digests:
+            self._digests[path] = _files_digest(path)
+        return self._digests[path]
 
     def close(self) -> None:
         for name in list(self.sessions):
